@@ -1,0 +1,61 @@
+"""The dataset contract: what a dataset plugin hands to the core.
+
+Datasets yield raw images; the core owns transforms, so preprocessing always
+follows the backbone's weights whatever plugin supplied the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """What the core asks of a dataset factory besides the name."""
+
+    data_dir: Path | None = None  # --data-dir; None when the user gave none
+    seed: int = 0  # for any split the dataset makes itself
+    val_fraction: float = 0.2  # share of train held out when the data has no validation split
+    download: bool = True  # fetch missing files where the dataset can and the network allows
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset ready for training.
+
+    ``train`` and ``val`` yield ``(image, label)`` with ``image`` a PIL image of
+    any mode or a ``uint8`` tensor ``(C, H, W)`` with C in {1, 3}, and ``label``
+    an int index into ``classes``.
+    """
+
+    classes: list[str]
+    train: Dataset
+    val: Dataset
+    flip_invariant: bool = True  # False where a mirrored image is another class (digits, text)
+    description: str = ""
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one ``uint8`` tensor ``(N, C, H, W)`` with int64 labels.
+
+    Datasets that fit in memory (CIFAR, digits) use it so that the training
+    loop can move them to the device in one piece.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"labels must be 1-D with {len(images)} entries, got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
