@@ -112,9 +112,7 @@ class PluginHost:
             if name in disabled or (selected is not None and name not in selected) or name in self.records:
                 continue
             dist = getattr(entry_point, "dist", None)
-            record = PluginRecord(
-                name, "entry point", dist.name if dist else None, dist.version if dist else None
-            )
+            record = PluginRecord(name, "entry point", dist.name if dist else None, dist.version if dist else None)
             try:
                 plugin = entry_point.load()
                 self._register_checked(plugin, name)

@@ -18,8 +18,13 @@ from tlcore.errors import NameConflictError, PluginError, UnknownNameError
 
 KINDS = ("backbones", "datasets", "heads", "freeze", "callbacks")
 # How one item of each kind is called in messages.
-LABELS = {"backbones": "backbone", "datasets": "dataset", "heads": "head", "freeze": "freeze policy",
-          "callbacks": "callback"}
+LABELS = {
+    "backbones": "backbone",
+    "datasets": "dataset",
+    "heads": "head",
+    "freeze": "freeze policy",
+    "callbacks": "callback",
+}
 
 
 @dataclass

@@ -78,9 +78,7 @@ def find_weights_file(path: Path) -> Path:
     candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
-        raise WeightsError(
-            f"weights folder {path} must hold exactly one {'/'.join(WEIGHT_SUFFIXES)} file, found {found}"
-        )
+        raise WeightsError(f"weights folder {path} must hold exactly one {'/'.join(WEIGHT_SUFFIXES)} file, found {found}")
     return candidates[0]
 
 
@@ -124,7 +122,7 @@ def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 def backbone_tensors(weights: WeightsFile) -> dict[str, torch.Tensor]:
     """The tensors meant for a backbone: a tlcore checkpoint's ``backbone.*``, else everything."""
     if weights.tlcore_meta is not None:
-        return {k[len("backbone."):]: v for k, v in weights.tensors.items() if k.startswith("backbone.")}
+        return {k[len("backbone.") :]: v for k, v in weights.tensors.items() if k.startswith("backbone.")}
     return weights.tensors
 
 
@@ -137,7 +135,7 @@ def load_into_backbone(backbone: Backbone, tensors: dict[str, torch.Tensor], sou
     such as the original classifier, are ignored. Returns a one-line summary.
     """
     if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     own = backbone.module.state_dict()
     matched, wrong_shape = {}, []
     for key, value in tensors.items():

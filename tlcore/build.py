@@ -1,0 +1,131 @@
+"""Turning a RunConfig into components through the plugin catalogs.
+
+Each builder resolves a name, calls the plugin's factory, and makes sure a
+plugin's bug is reported with the plugin's name rather than as a bare
+traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tlcore.backbone import Backbone, BackboneOptions, Preprocessing
+from tlcore.callbacks.base import Callback, select_callbacks
+from tlcore.config import RunConfig
+from tlcore.dataset import DatasetOptions, DatasetSplits
+from tlcore.errors import ConfigError, DataError, PluginError, TlcoreError
+from tlcore.freeze import FreezeOptions, FreezePolicy
+from tlcore.heads import HeadOptions
+from tlcore.plugins import PluginHost
+from tlcore.registry import LABELS, Entry
+from tlcore.weights import PretrainedWeights, backbone_tensors, load_into_backbone, read_weights_file
+
+
+def call_factory(entry: Entry, kind: str, *args: Any) -> Any:
+    """Call a registered factory; anything but a TlcoreError is a plugin bug and names the plugin."""
+    try:
+        return entry.factory(*args)
+    except TlcoreError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"plugin {entry.plugin} failed to build {LABELS[kind]} {entry.name!r}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def build_dataset(config: RunConfig, host: PluginHost) -> DatasetSplits:
+    """The dataset's splits, checked to be usable."""
+    entry = host.catalog("datasets").resolve(config.dataset)
+    options = DatasetOptions(
+        data_dir=Path(config.data_dir).expanduser() if config.data_dir else None,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        download=config.download,
+    )
+    data = call_factory(entry, "datasets", config.dataset, options)
+    if not isinstance(data, DatasetSplits):
+        got = type(data).__name__
+        raise PluginError(f"plugin {entry.plugin}: dataset {config.dataset!r} returned {got}, not DatasetSplits")
+    if len(data.classes) < 2:
+        raise DataError(f"dataset {config.dataset!r} has {len(data.classes)} class(es); at least 2 are needed")
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise DataError(f"dataset {config.dataset!r} has {len(data.train)} training and {len(data.val)} validation images")
+    return data
+
+
+def offered_pretrained_weights(backbone_name: str, host: PluginHost) -> PretrainedWeights | None:
+    """The first local pretrained weights a plugin offers for a backbone (newest registration first)."""
+    for impl in reversed(host.hook_impls("tlcore_pretrained_weights")):
+        offered = host.call_impl(impl, backbone=backbone_name)
+        if offered is not None:
+            return offered
+    return None
+
+
+def build_backbone(config: RunConfig, host: PluginHost) -> Backbone:
+    """The backbone with the weights asked for: ``pretrained``, ``none`` or a path.
+
+    ``pretrained`` first asks plugins for local weights (tlcore_pretrained_weights),
+    then lets the provider fetch its own. A path may be a weights file, a
+    folder holding one, or an earlier run (its backbone; its preprocessing too).
+    """
+    entry = host.catalog("backbones").resolve(config.backbone)
+    offered = offered_pretrained_weights(config.backbone, host) if config.weights == "pretrained" else None
+    provider_pretrained = config.weights == "pretrained" and offered is None
+    options = BackboneOptions(pretrained=provider_pretrained, image_size=config.image_size)
+    backbone = call_factory(entry, "backbones", config.backbone, options)
+    if not isinstance(backbone, Backbone):
+        raise PluginError(f"plugin {entry.plugin}: backbone {config.backbone!r} returned {type(backbone).__name__}")
+    if offered is not None:
+        load_into_backbone(backbone, offered.verified_state_dict(), offered.source)
+        backbone.weights = offered.source
+        if offered.preprocessing is not None:
+            backbone.preprocessing = offered.preprocessing
+    elif config.weights not in ("pretrained", "none"):
+        weights_file = read_weights_file(Path(config.weights).expanduser())
+        load_into_backbone(backbone, backbone_tensors(weights_file), str(weights_file.path))
+        backbone.weights = str(weights_file.path)
+        if weights_file.tlcore_meta and "preprocessing" in weights_file.tlcore_meta:
+            backbone.preprocessing = Preprocessing.from_dict(weights_file.tlcore_meta["preprocessing"])
+    backbone.validate()
+    return backbone
+
+
+def resolve_image_size(config: RunConfig, backbone: Backbone) -> int:
+    """The training size: the option, or the backbone's own; never below what the architecture accepts."""
+    size = config.image_size or backbone.preprocessing.input_size
+    if size < backbone.preprocessing.min_size:
+        minimum = backbone.preprocessing.min_size
+        raise ConfigError(f"image size {size} is too small for backbone {backbone.name}; it accepts {minimum} or more")
+    return size
+
+
+def build_head(config: RunConfig, host: PluginHost, in_features: int, num_classes: int) -> nn.Module:
+    """The head named in the config, for the backbone's feature width."""
+    entry = host.catalog("heads").resolve(config.head)
+    options = HeadOptions(hidden=config.head_hidden, dropout=config.head_dropout)
+    head = call_factory(entry, "heads", in_features, num_classes, options)
+    if not isinstance(head, nn.Module):
+        raise PluginError(f"plugin {entry.plugin}: head {config.head!r} returned {type(head).__name__}, not a Module")
+    return head
+
+
+def build_policy(config: RunConfig, host: PluginHost) -> FreezePolicy:
+    """The freeze policy named in the config."""
+    entry = host.catalog("freeze").resolve(config.freeze)
+    policy = call_factory(entry, "freeze", FreezeOptions(bn_mode=config.bn_mode))
+    if not callable(getattr(policy, "trainable_groups", None)):
+        raise PluginError(f"plugin {entry.plugin}: freeze policy {config.freeze!r} has no trainable_groups method")
+    return policy
+
+
+def build_callbacks(config: RunConfig, host: PluginHost) -> list[tuple[str, Callback]]:
+    """Fresh instances of the selected callbacks, in order."""
+    catalog = host.catalog("callbacks")
+    return [
+        (name, call_factory(catalog.resolve(name), "callbacks", config))
+        for name in select_callbacks(catalog, config.callbacks)
+    ]

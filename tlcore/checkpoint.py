@@ -1,0 +1,59 @@
+"""Checkpoints: weights in safetensors with everything needed to rebuild the model in its metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from tlcore.errors import WeightsError
+from tlcore.files import atomic_write_bytes
+from tlcore.weights import read_weights_file
+
+FORMAT = "tlcore-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CheckpointInfo:
+    """The metadata a checkpoint carries (the safetensors header's ``tlcore`` entry)."""
+
+    backbone: str
+    classes: list[str]
+    head: str
+    head_options: dict
+    preprocessing: dict
+    image_size: int
+    epoch: int
+    metrics: dict
+    weights: str  # where the backbone's starting weights came from
+
+    def to_metadata(self) -> dict[str, str]:
+        """safetensors metadata is str to str: the whole record is one JSON string."""
+        record = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
+        return {"tlcore": json.dumps(record), "format": "pt"}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) -> None:
+    """Write the model's state dict and its info atomically."""
+    # clone().contiguous(): safetensors needs contiguous, unshared tensors (channels_last, tied weights)
+    tensors = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
+    atomic_write_bytes(Path(path), save(tensors, metadata=info.to_metadata()))
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """Tensors and info of a tlcore checkpoint; a clear error for any other file."""
+    weights = read_weights_file(Path(path))
+    meta = weights.tlcore_meta
+    if not meta or meta.get("format") != FORMAT:
+        raise WeightsError(f"{weights.path} is not a tlcore checkpoint (no tlcore metadata); pass a file a run wrote")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise WeightsError(f"{weights.path} was written by a newer tlcore (format {meta['format_version']}); upgrade")
+    fields = {k: meta[k] for k in CheckpointInfo.__dataclass_fields__ if k in meta}
+    missing = set(CheckpointInfo.__dataclass_fields__) - set(fields)
+    if missing:
+        raise WeightsError(f"{weights.path} is a damaged tlcore checkpoint: metadata lacks {', '.join(sorted(missing))}")
+    return weights.tensors, CheckpointInfo(**fields)

@@ -1,0 +1,193 @@
+"""The ``tlcore`` command line: run, list, info, plugins, and commands added by plugins.
+
+Every failure caused by input prints one line, ``tlcore: error: ...``, and
+exits with status 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from tlcore.config import build_config, load_config_file
+from tlcore.errors import TlcoreError
+from tlcore.plugins import get_host
+from tlcore.registry import KINDS
+
+app = typer.Typer(
+    name="tlcore",
+    help="Fine-tune pretrained image models on your own data.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Kind = Enum("Kind", {kind: kind for kind in KINDS}, type=str)
+
+
+@app.command()
+def run(
+    backbone: str = typer.Option(None, help="provider:model, e.g. torchvision:resnet18 or timm:tf_efficientnet_lite0"),
+    weights: str = typer.Option(None, help="pretrained | none | a .safetensors/.pth/.pt file, a folder, or a run folder"),
+    dataset: str = typer.Option(None, help="a dataset name (see `tlcore list datasets`)"),
+    data_dir: str = typer.Option(None, help="where the dataset's files are"),
+    epochs: int = typer.Option(None, help="number of epochs"),
+    batch_size: int = typer.Option(None, help="images per step"),
+    lr: float = typer.Option(None, help="peak learning rate"),
+    optimizer: str = typer.Option(None, help="sgd | adamw"),
+    momentum: float = typer.Option(None, help="SGD momentum"),
+    weight_decay: float = typer.Option(None, help="weight decay (not on biases and norms)"),
+    schedule: str = typer.Option(None, help="cosine (with warmup) | step | constant"),
+    warmup_epochs: float = typer.Option(None, help="linear warmup length in epochs"),
+    step_size: int = typer.Option(None, help="step schedule: epochs between decays"),
+    gamma: float = typer.Option(None, help="step schedule: decay factor"),
+    label_smoothing: float = typer.Option(None, help="label smoothing in [0, 1)"),
+    image_size: int = typer.Option(None, help="training image size (default: the backbone's)"),
+    augment: str = typer.Option(None, help="standard | none"),
+    freeze: str = typer.Option(None, help="freeze policy (see `tlcore list freeze`)"),
+    bn_mode: str = typer.Option(None, help="frozen layers' norm statistics: frozen | train"),
+    head: str = typer.Option(None, help="head (see `tlcore list heads`)"),
+    head_hidden: int = typer.Option(None, help="hidden width of the mlp head"),
+    head_dropout: float = typer.Option(None, help="dropout in the head"),
+    val_fraction: float = typer.Option(None, help="share of train held out when there is no val split"),
+    device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps"),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="mixed precision on CUDA"),
+    workers: int = typer.Option(None, help="DataLoader worker processes"),
+    seed: int = typer.Option(None, help="random seed"),
+    output: str = typer.Option(None, help="run folder to create (must not hold files)"),
+    callbacks: str = typer.Option(None, help="comma list; +name / -name edit the defaults"),
+    early_stopping_patience: int = typer.Option(None, help="stop after N epochs without val_acc gain"),
+    download: bool = typer.Option(None, "--download/--no-download", help="let datasets fetch missing files"),
+    config: Path = typer.Option(None, help="a TOML file of these options (underscored keys); flags override it"),
+) -> None:
+    """Fine-tune a backbone on a dataset and write the run folder."""
+    overrides = {k: v for k, v in locals().items() if k != "config" and v is not None}
+    file_values = load_config_file(config) if config is not None else {}
+    from tlcore.train import fit  # imported here so `tlcore list` stays quick
+
+    fit(build_config(file_values, overrides))
+
+
+@app.command("list")
+def list_command(
+    kind: Kind = typer.Argument(..., help="what to list"),
+    pattern: str = typer.Argument("*", help="fnmatch pattern, e.g. 'torchvision:resnet*'"),
+    pretrained: bool = typer.Option(False, "--pretrained", help="backbones with pretrained weights only"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """List registered backbones, datasets, heads, freeze policies or callbacks, with their plugin."""
+    want_info = kind.value == "backbones"
+    rows = get_host().catalog(kind.value).listing(pattern, with_info=want_info)
+    if pretrained:
+        rows = [row for row in rows if row.info.get("pretrained")]
+    if as_json:
+        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        return
+    if not rows:
+        typer.echo(f"no {kind.value} match {pattern!r}")
+        return
+    width = max(len(row.name) for row in rows)
+    plugin_width = max(len(row.plugin) for row in rows)
+    for row in rows:
+        extra = ""
+        if want_info and row.info:
+            extra = f"  pretrained:{_yes(row.info.get('pretrained'))} offline:{_yes(row.info.get('offline'))}"
+        typer.echo(f"{row.name:<{width}}  {row.plugin:<{plugin_width}}{extra}  {row.description}".rstrip())
+
+
+def _yes(value: object) -> str:
+    return "yes" if value else "no"
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show every plugin: name, distribution, version, hooks, and its load error if any."""
+    records = [record.to_dict() for record in get_host().records.values()]
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    for record in records:
+        dist = f"{record['distribution'] or '-'} {record['version'] or ''}".strip()
+        status = f"ERROR: {record['error']}" if record["error"] else ", ".join(record["hooks"]) or "no hooks"
+        typer.echo(f"{record['name']:<20} {record['source']:<12} {dist:<28} {status}")
+
+
+@app.command()
+def info(backbone: str = typer.Argument(..., help="provider:model")) -> None:
+    """Show a backbone's feature width, layer groups, parameters, preprocessing and weight sources."""
+    from tlcore.backbone import BackboneOptions
+    from tlcore.build import call_factory, offered_pretrained_weights
+
+    host = get_host()
+    catalog = host.catalog("backbones")
+    entry = catalog.resolve(backbone)
+    built = call_factory(entry, "backbones", backbone, BackboneOptions(pretrained=False))
+    built.validate()
+    listing = {row.name: row for row in catalog.listing(backbone, with_info=True)}
+    row_info = listing[backbone].info if backbone in listing else {}
+    offered = offered_pretrained_weights(backbone, host)
+    params = dict(built.module.named_parameters())
+    typer.echo(f"backbone      {backbone}  (plugin {entry.plugin})")
+    typer.echo(f"feature_dim   {built.feature_dim}")
+    typer.echo(f"parameters    {sum(p.numel() for p in params.values()):,}")
+    pre = built.preprocessing if offered is None or offered.preprocessing is None else offered.preprocessing
+    typer.echo(
+        f"preprocessing mean {list(pre.mean)} std {list(pre.std)} input {pre.input_size}px "
+        f"{pre.interpolation} crop_pct {pre.crop_pct} min {pre.min_size}px"
+    )
+    typer.echo("weights       none (random init): always")
+    typer.echo(
+        f"              pretrained from the provider: {_yes(row_info.get('pretrained'))}"
+        f" (offline now: {_yes(row_info.get('offline'))})"
+    )
+    typer.echo(f"              local pretrained (plugin): {offered.source if offered else 'none'}")
+    typer.echo("layer groups")
+    for group in built.layer_groups:
+        count = sum(p.numel() for name, p in params.items() if group.owns(name))
+        typer.echo(f"  {group.name:<30} {count:>12,}")
+
+
+_plugin_commands_added = False
+
+
+def _add_plugin_commands() -> None:
+    """Let plugins add commands (once per process); a name taken twice keeps the first and warns naming both."""
+    global _plugin_commands_added
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added = True
+    host = get_host()
+    owners = {command.name or command.callback.__name__: "tlcore" for command in app.registered_commands}
+    for impl in host.hook_impls("tlcore_register_commands"):
+        before = len(app.registered_commands)
+        host.call_impl(impl, app=app)
+        added = app.registered_commands[before:]
+        del app.registered_commands[before:]
+        for command in added:
+            name = command.name or command.callback.__name__.replace("_", "-")
+            if name in owners:
+                print(
+                    f"tlcore: warning: command {name!r} of plugin {impl.plugin_name} conflicts with "
+                    f"plugin {owners[name]}; ignored",
+                    file=sys.stderr,
+                )
+                continue
+            owners[name] = impl.plugin_name
+            app.registered_commands.append(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tlcore`` script and ``python -m tlcore``; ``argv`` defaults to sys.argv."""
+    _add_plugin_commands()
+    try:
+        app(args=argv, prog_name="tlcore")
+    except TlcoreError as error:
+        print(f"tlcore: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("tlcore: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,175 @@
+"""The run configuration: defaults, a TOML file, then command-line flags, in that order.
+
+Every key of a config file is the name of a `tlcore run` option with
+underscores (``batch_size = 64``). config.json in the run folder holds the
+fully resolved configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from tlcore.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+AUGMENTS = ("standard", "none")
+BN_MODES = ("frozen", "train")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; each field is a `tlcore run` option."""
+
+    # what to train
+    backbone: str = "timm:tf_efficientnet_lite0"  # provider:model
+    weights: str = "pretrained"  # pretrained | none | a weights file, folder or run folder
+    dataset: str = "digits"  # the embedded default needs no download
+    data_dir: str | None = None
+    head: str = "linear"
+    head_hidden: int = 512
+    head_dropout: float = 0.0
+    freeze: str = "none"
+    bn_mode: str = "frozen"  # frozen layers' norm statistics: "frozen" or "train"
+    # how long and how
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.01  # not applied to biases and norm weights
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.5  # linear warmup before the cosine decay
+    step_size: int = 7  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
+    label_smoothing: float = 0.0
+    image_size: int | None = None  # None: the backbone's own input size
+    augment: str = "standard"
+    val_fraction: float = 0.2  # held out when a dataset has no validation split
+    # where and how
+    device: str = "auto"  # auto picks cuda, then mps, then cpu
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
+    workers: int | None = None  # DataLoader workers; None: 0 for in-memory data, else min(8, cpus)
+    seed: int = 0
+    output: str | None = None  # None: runs/<dataset>-<backbone>-<time>
+    callbacks: list[str] = field(default_factory=list)  # empty: the defaults; "+name" adds, "-name" removes
+    early_stopping_patience: int = 0  # epochs without val_acc improvement before stopping; 0 turns it off
+    download: bool = True  # let datasets fetch missing files when the network allows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_TYPES = get_type_hints(RunConfig)
+
+
+def _kind(key: str) -> type:
+    """The plain type of a field: int, float, str, bool or list (Optional unwrapped)."""
+    hint = _TYPES[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and typing.get_origin(hint) is not list:
+        hint = args[0]
+    return typing.get_origin(hint) or hint
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a value's type against the field; ints are accepted for floats, "a,b" or arrays for lists."""
+    kind = _kind(key)
+    if value is None:
+        if type(None) in typing.get_args(_TYPES[key]):
+            return None
+        raise ConfigError(f"option {key} must not be empty")
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is list:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    if kind is str and isinstance(value, (str, Path)):
+        return str(value)
+    raise ConfigError(f"option {key} must be {kind.__name__}, got {value!r}")
+
+
+def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then values from a config file, then overrides (flags); validated."""
+    values: dict[str, Any] = {}
+    for source in (file_values or {}, overrides or {}):
+        for key, value in source.items():
+            if key not in FIELDS:
+                close = difflib.get_close_matches(key, list(FIELDS), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"accepted: {', '.join(FIELDS)}"
+                raise ConfigError(f"unknown config key {key!r}; {hint}")
+            if value is not None or source is file_values:
+                values[key] = _coerce(key, value)
+    config = RunConfig(**values)
+    validate(config)
+    return config
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file (top-level keys, or a [run] table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+    if set(data) == {"run"} and isinstance(data["run"], dict):
+        data = data["run"]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"config file {path}: [{key}] tables are not accepted; use top-level keys")
+    return data
+
+
+def _choice(key: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"{key} {value!r} is not accepted; accepted: {', '.join(accepted)}")
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values no run can use, with one line naming the option and what is accepted."""
+    if config.epochs <= 0:
+        raise ConfigError(f"epochs must be a positive integer, got {config.epochs}")
+    if config.batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {config.batch_size}")
+    if not config.lr > 0:
+        raise ConfigError(f"lr must be positive, got {config.lr}")
+    if config.image_size is not None and config.image_size <= 0:
+        raise ConfigError(f"image_size must be a positive integer, got {config.image_size}")
+    if not 0.0 < config.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
+    if not 0.0 <= config.head_dropout < 1.0:
+        raise ConfigError(f"head_dropout must be in [0, 1), got {config.head_dropout}")
+    if config.head_hidden <= 0:
+        raise ConfigError(f"head_hidden must be a positive integer, got {config.head_hidden}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.weight_decay < 0 or config.momentum < 0 or config.warmup_epochs < 0:
+        raise ConfigError("weight_decay, momentum and warmup_epochs must not be negative")
+    if config.step_size <= 0 or not 0 < config.gamma <= 1:
+        raise ConfigError("step_size must be positive and gamma in (0, 1]")
+    if config.workers is not None and config.workers < 0:
+        raise ConfigError(f"workers must not be negative, got {config.workers}")
+    if config.early_stopping_patience < 0:
+        raise ConfigError(f"early_stopping_patience must not be negative, got {config.early_stopping_patience}")
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("schedule", config.schedule, SCHEDULES)
+    _choice("augment", config.augment, AUGMENTS)
+    _choice("bn_mode", config.bn_mode, BN_MODES)
+    if config.device != "auto" and config.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {config.device!r} is not accepted; accepted: auto, cpu, cuda, cuda:N, mps")

@@ -1,0 +1,47 @@
+"""Writing files so that a process killed at any moment leaves each one whole or absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; give ours the mode a plain open() would (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Pretty JSON, written atomically."""
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def append_json_line(path: Path, value: Any) -> None:
+    """Rewrite a JSON-lines file atomically with one more line, so a kill never leaves half a line."""
+    path = Path(path)
+    existing = path.read_bytes() if path.exists() else b""
+    atomic_write_bytes(path, existing + (json.dumps(value) + "\n").encode("utf-8"))

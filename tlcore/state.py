@@ -1,0 +1,58 @@
+"""What a run knows while it trains: the object callbacks receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlcore.backbone import Backbone
+from tlcore.checkpoint import CheckpointInfo
+from tlcore.config import RunConfig
+from tlcore.model import Classifier
+
+
+@dataclass
+class RunState:
+    """The live state of one run. Callbacks read it, and may set ``should_stop``."""
+
+    config: RunConfig
+    output_dir: Path
+    model: Classifier
+    backbone: Backbone
+    classes: list[str]
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    image_size: int
+    steps_per_epoch: int
+    epoch: int = 0  # 0-based index of the current epoch
+    step: int = 0  # optimizer steps since the run started
+    epoch_step: int = 0  # steps into the current epoch
+    epoch_images: int = 0  # training images seen this epoch
+    train_loss_sum: torch.Tensor | None = None  # on the device: read it rarely, it synchronises
+    history: list[dict] = field(default_factory=list)
+    should_stop: bool = False
+    stop_reason: str = ""
+
+    def checkpoint_info(self, metrics: dict) -> CheckpointInfo:
+        """What a checkpoint of the model at this point must carry to rebuild it alone."""
+        return CheckpointInfo(
+            backbone=self.config.backbone,
+            classes=list(self.classes),
+            head=self.config.head,
+            head_options={"hidden": self.config.head_hidden, "dropout": self.config.head_dropout},
+            preprocessing=self.backbone.preprocessing.to_dict(),
+            image_size=self.image_size,
+            epoch=self.epoch + 1,
+            metrics=dict(metrics),
+            weights=self.backbone.weights,
+        )
+
+    def running_loss(self) -> float | None:
+        """Mean training loss so far this epoch (synchronises with the device)."""
+        if self.train_loss_sum is None or self.epoch_images == 0:
+            return None
+        return float(self.train_loss_sum) / self.epoch_images

@@ -1,0 +1,136 @@
+"""Helpers for testing tlcore and tlcore plugins: a tiny backbone and a tiny dataset.
+
+Both are real (they train, they have BatchNorm and layer groups) and small
+enough to run a whole fit in a second on one CPU core.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tlcore.backbone import Backbone, BackboneOptions, LayerGroup, Preprocessing
+from tlcore.dataset import DatasetOptions, DatasetSplits, TensorImageDataset
+from tlcore.hookspecs import hookimpl
+from tlcore.registry import Register
+
+TINY_BACKBONE = "test:tiny"
+TINY_DATASET = "test:shapes"
+
+
+def tiny_module(width: int = 8) -> nn.Sequential:
+    """Conv-BN stem and two conv-BN stages, globally pooled: (N, 3, H, W) to (N, 2 * width)."""
+
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    return nn.Sequential(
+        block(3, width, 2),
+        block(width, width, 2),
+        block(width, 2 * width, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+def tiny_backbone(name: str = TINY_BACKBONE, options: BackboneOptions | None = None, width: int = 8) -> Backbone:
+    """A :class:`Backbone` around :func:`tiny_module`, with groups stem, stage1, stage2."""
+    return Backbone(
+        name=name,
+        module=tiny_module(width),
+        feature_dim=2 * width,
+        preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=16, min_size=8),
+        layer_groups=[LayerGroup("stem", ("0",)), LayerGroup("stage1", ("1",)), LayerGroup("stage2", ("2",))],
+    )
+
+
+def shapes_dataset(num_per_class: int = 24, size: int = 16, seed: int = 0) -> DatasetSplits:
+    """Two easy classes of uint8 images (bright square at top-left vs bottom-right), 3/4 train, 1/4 val."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 60, (2 * num_per_class, 3, size, size), generator=generator, dtype=torch.uint8)
+    labels = torch.arange(2).repeat_interleave(num_per_class)
+    half = size // 2
+    images[:num_per_class, :, :half, :half] += 180
+    images[num_per_class:, :, half:, half:] += 180
+    order = torch.randperm(len(labels), generator=generator)
+    images, labels = images[order], labels[order]
+    cut = len(labels) * 3 // 4
+    return DatasetSplits(
+        classes=["top_left", "bottom_right"],
+        train=TensorImageDataset(images[:cut], labels[:cut]),
+        val=TensorImageDataset(images[cut:], labels[cut:]),
+        flip_invariant=False,
+    )
+
+
+class TinyPlugin:
+    """A plugin object registering :data:`TINY_BACKBONE` and :data:`TINY_DATASET`."""
+
+    @hookimpl
+    def tlcore_register_backbones(self, register: Register) -> None:
+        """Register the tiny backbone."""
+        register(TINY_BACKBONE, lambda name, options: tiny_backbone(name, options), description="tiny test convnet")
+
+    @hookimpl
+    def tlcore_register_datasets(self, register: Register) -> None:
+        """Register the tiny dataset."""
+        register(TINY_DATASET, _shapes_factory, description="two synthetic classes, 16x16")
+
+
+def _shapes_factory(name: str, options: DatasetOptions) -> DatasetSplits:
+    return shapes_dataset(seed=options.seed)
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10(root, train_per_batch: int = 4, test_images: int = 10, seed: int = 0):
+    """Write CIFAR-10 in the official on-disk layout (cifar-10-batches-py, pickles with bytes keys).
+
+    Images are random; each class gets a distinct mean colour so a model can
+    learn something. Returns the folder to pass as --data-dir.
+    """
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def batch(count: int, label: bytes) -> dict:
+        labels = [int(v) for v in rng.integers(0, 10, count)]
+        data = rng.integers(0, 64, (count, 3072), dtype=np.uint8)
+        data += np.array(labels, dtype=np.uint8)[:, None] * 19  # class-dependent brightness
+        names = [f"img_{i}.png".encode() for i in range(count)]
+        return {b"batch_label": label, b"labels": labels, b"data": data, b"filenames": names}
+
+    for index in range(1, 6):
+        with open(folder / f"data_batch_{index}", "wb") as handle:
+            pickle.dump(batch(train_per_batch, f"training batch {index} of 5".encode()), handle, protocol=2)
+    with open(folder / "test_batch", "wb") as handle:
+        pickle.dump(batch(test_images, b"testing batch 1 of 1"), handle, protocol=2)
+    meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": 10000, b"num_vis": 3072}
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump(meta, handle, protocol=2)
+    return Path(root)
+
+
+def write_image_folder(root, classes=("ants", "bees"), per_class: int = 6, size: int = 24, val: bool = True):
+    """Write a JPEG tree root/train/<class>/*.jpg (and root/val/... when ``val``). Returns ``root``."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    splits = ["train", "val"] if val else ["train"]
+    for split in splits:
+        for index, name in enumerate(classes):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for item in range(per_class):
+                pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8) + np.uint8(index * 150 // len(classes))
+                Image.fromarray(pixels).save(folder / f"{name}_{item}.jpg", quality=90)
+    return Path(root)
