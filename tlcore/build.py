@@ -21,7 +21,13 @@ from tlcore.freeze import FreezeOptions, FreezePolicy
 from tlcore.heads import HeadOptions
 from tlcore.plugins import PluginHost
 from tlcore.registry import LABELS, Entry
-from tlcore.weights import PretrainedWeights, backbone_tensors, load_into_backbone, read_weights_file
+from tlcore.weights import (
+    PretrainedWeights,
+    WeightsFile,
+    backbone_tensors,
+    load_into_backbone,
+    read_weights_file,
+)
 
 
 def call_factory(entry: Entry, kind: str, *args: Any) -> Any:
@@ -65,17 +71,28 @@ def offered_pretrained_weights(backbone_name: str, host: PluginHost) -> Pretrain
     return None
 
 
-def build_backbone(config: RunConfig, host: PluginHost) -> Backbone:
+def read_weights_option(config: RunConfig) -> WeightsFile | None:
+    """The file behind ``--weights PATH`` (read once, safely); None for ``pretrained`` and ``none``."""
+    if config.weights in ("pretrained", "none"):
+        return None
+    return read_weights_file(Path(config.weights).expanduser())
+
+
+def build_backbone(
+    config: RunConfig, host: PluginHost, image_size: int | None = None, weights_file: WeightsFile | None = None
+) -> Backbone:
     """The backbone with the weights asked for: ``pretrained``, ``none`` or a path.
 
     ``pretrained`` first asks plugins for local weights (tlcore_pretrained_weights),
     then lets the provider fetch its own. A path may be a weights file, a
     folder holding one, or an earlier run (its backbone; its preprocessing too).
+    ``image_size`` is the training size when already known (None: the backbone's own);
+    ``weights_file`` is the file of ``--weights PATH`` when the caller read it already.
     """
     entry = host.catalog("backbones").resolve(config.backbone)
     offered = offered_pretrained_weights(config.backbone, host) if config.weights == "pretrained" else None
     provider_pretrained = config.weights == "pretrained" and offered is None
-    options = BackboneOptions(pretrained=provider_pretrained, image_size=config.image_size)
+    options = BackboneOptions(pretrained=provider_pretrained, image_size=image_size)
     backbone = call_factory(entry, "backbones", config.backbone, options)
     if not isinstance(backbone, Backbone):
         raise PluginError(f"plugin {entry.plugin}: backbone {config.backbone!r} returned {type(backbone).__name__}")
@@ -85,7 +102,7 @@ def build_backbone(config: RunConfig, host: PluginHost) -> Backbone:
         if offered.preprocessing is not None:
             backbone.preprocessing = offered.preprocessing
     elif config.weights not in ("pretrained", "none"):
-        weights_file = read_weights_file(Path(config.weights).expanduser())
+        weights_file = weights_file or read_weights_option(config)
         load_into_backbone(backbone, backbone_tensors(weights_file), str(weights_file.path))
         backbone.weights = str(weights_file.path)
         if weights_file.tlcore_meta and "preprocessing" in weights_file.tlcore_meta:
@@ -94,9 +111,12 @@ def build_backbone(config: RunConfig, host: PluginHost) -> Backbone:
     return backbone
 
 
-def resolve_image_size(config: RunConfig, backbone: Backbone) -> int:
-    """The training size: the option, or the backbone's own; never below what the architecture accepts."""
-    size = config.image_size or backbone.preprocessing.input_size
+def resolve_image_size(config: RunConfig, backbone: Backbone, data: DatasetSplits) -> int:
+    """The training size: the option, else the dataset's preference, else the backbone's own size.
+
+    Never below what the architecture accepts.
+    """
+    size = config.image_size or data.preferred_image_size or backbone.preprocessing.input_size
     if size < backbone.preprocessing.min_size:
         minimum = backbone.preprocessing.min_size
         raise ConfigError(f"image size {size} is too small for backbone {backbone.name}; it accepts {minimum} or more")
@@ -111,6 +131,24 @@ def build_head(config: RunConfig, host: PluginHost, in_features: int, num_classe
     if not isinstance(head, nn.Module):
         raise PluginError(f"plugin {entry.plugin}: head {config.head!r} returned {type(head).__name__}, not a Module")
     return head
+
+
+def reuse_checkpoint_head(config: RunConfig, head: nn.Module, classes: list[str], weights_file: WeightsFile | None) -> bool:
+    """Start the head from an earlier run's when it was trained for the same classes with the same head.
+
+    Otherwise (other classes, another head) the new head starts fresh. Returns whether it was reused.
+    """
+    meta = weights_file.tlcore_meta if weights_file else None
+    if not meta or meta.get("classes") != classes or meta.get("head") != config.head:
+        return False
+    if meta.get("head_options") != {"hidden": config.head_hidden, "dropout": config.head_dropout}:
+        return False
+    tensors = {k[len("head.") :]: v for k, v in weights_file.tensors.items() if k.startswith("head.")}
+    own = head.state_dict()
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        return False
+    head.load_state_dict(tensors)
+    return True
 
 
 def build_policy(config: RunConfig, host: PluginHost) -> FreezePolicy:

@@ -37,6 +37,9 @@ class DatasetSplits:
     val: Dataset
     flip_invariant: bool = True  # False where a mirrored image is another class (digits, text)
     description: str = ""
+    # The training size to use when --image-size is not given, for data whose images are far smaller than a
+    # backbone's native input (8x8 digits gain nothing from 224 px); None means the backbone's own size.
+    preferred_image_size: int | None = None
 
 
 class TensorImageDataset(Dataset):

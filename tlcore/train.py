@@ -22,7 +22,9 @@ from tlcore.build import (
     build_dataset,
     build_head,
     build_policy,
+    read_weights_option,
     resolve_image_size,
+    reuse_checkpoint_head,
 )
 from tlcore.callbacks.base import CallbackList
 from tlcore.config import RunConfig
@@ -84,9 +86,11 @@ def fit(config: RunConfig, host: PluginHost | None = None) -> RunResult:
 
     # -- components, by name, from the plugins ------------------------------
     data = build_dataset(config, host)
-    backbone = build_backbone(config, host)
-    image_size = resolve_image_size(config, backbone)
+    weights_file = read_weights_option(config)  # --weights PATH: a file, folder or earlier run
+    backbone = build_backbone(config, host, config.image_size or data.preferred_image_size, weights_file)
+    image_size = resolve_image_size(config, backbone, data)
     head = build_head(config, host, backbone.feature_dim, len(data.classes))
+    head_reused = reuse_checkpoint_head(config, head, data.classes, weights_file)
     policy = build_policy(config, host)
     callbacks = CallbackList(build_callbacks(config, host))
     model = Classifier(backbone.module, head).to(device)
@@ -119,6 +123,7 @@ def fit(config: RunConfig, host: PluginHost | None = None) -> RunResult:
                 "device": str(device),
                 "image_size": image_size,
                 "weights": backbone.weights,
+                "head_from_checkpoint": head_reused,
                 "preprocessing": pre.to_dict(),
                 "feature_dim": backbone.feature_dim,
                 "layer_groups": group_names,

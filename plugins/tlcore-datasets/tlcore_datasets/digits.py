@@ -40,6 +40,7 @@ def load_digits_dataset(name: str, options: DatasetOptions) -> DatasetSplits:
         train=subset(train_idx),
         val=subset(val_idx),
         flip_invariant=False,  # a mirrored digit is not the same digit
+        preferred_image_size=64,  # 8x8 sources: 64 px keeps the detail and costs 1/12 of 224 px
         description=f"scikit-learn digits: {len(train_idx)} train and {len(val_idx)} val 8x8 grey images "
         f"({options.val_fraction:g} held out with seed {options.seed})",
     )
