@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,8 @@ class CheckpointInfo:
     epoch: int
     metrics: dict
     weights: str  # where the backbone's starting weights came from
+    # the data it was trained on: dataset, data_dir, seed, val_fraction (so eval can rebuild the same split)
+    data: dict = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors metadata is str to str: the whole record is one JSON string."""
@@ -53,7 +55,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise WeightsError(f"{weights.path} was written by a newer tlcore (format {meta['format_version']}); upgrade")
     fields = {k: meta[k] for k in CheckpointInfo.__dataclass_fields__ if k in meta}
-    missing = set(CheckpointInfo.__dataclass_fields__) - set(fields)
+    missing = set(CheckpointInfo.__dataclass_fields__) - set(fields) - {"data"}
     if missing:
         raise WeightsError(f"{weights.path} is a damaged tlcore checkpoint: metadata lacks {', '.join(sorted(missing))}")
     return weights.tensors, CheckpointInfo(**fields)

@@ -36,6 +36,7 @@ BUILTIN_MODULES = {
     "tlcore.heads": "tlcore.heads",
     "tlcore.freeze": "tlcore.freeze",
     "tlcore.callbacks": "tlcore.callbacks.builtin",
+    "tlcore.commands": "tlcore.commands",
 }
 REGISTER_HOOKS = {
     "backbones": "tlcore_register_backbones",

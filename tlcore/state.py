@@ -49,6 +49,12 @@ class RunState:
             epoch=self.epoch + 1,
             metrics=dict(metrics),
             weights=self.backbone.weights,
+            data={
+                "dataset": self.config.dataset,
+                "data_dir": self.config.data_dir,
+                "seed": self.config.seed,
+                "val_fraction": self.config.val_fraction,
+            },
         )
 
     def running_loss(self) -> float | None:
