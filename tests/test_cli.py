@@ -40,8 +40,10 @@ def test_run_from_the_command_line(host, tmp_path, capsys):
 
 def test_config_file_with_flag_overrides(host, tmp_path, capsys):
     config = tmp_path / "run.toml"
-    config.write_text('backbone = "test:tiny"\ndataset = "test:shapes"\nweights = "none"\nepochs = 3\nbatch_size = 8\n'
-                      'callbacks = ["-progress"]\n')
+    config.write_text(
+        'backbone = "test:tiny"\ndataset = "test:shapes"\nweights = "none"\nepochs = 3\nbatch_size = 8\n'
+        'callbacks = ["-progress"]\n'
+    )
     code, _, err = run_cli(["run", "--config", str(config), "--epochs", "1", "--output", str(tmp_path / "r")], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
@@ -59,7 +61,10 @@ def test_config_file_with_flag_overrides(host, tmp_path, capsys):
         (["--image-size", "4"], ["image size 4 is too small for backbone test:tiny; it accepts 8 or more"]),
         (["--optimizer", "adam"], ["optimizer 'adam' is not accepted; accepted: sgd, adamw"]),
         (["--head", "liner"], ["unknown head 'liner'", "linear"]),
-        (["--freeze", "everything"], ["unknown freeze policy 'everything'", "backbone, none"]),
+        (
+            ["--freeze", "everything"],
+            ["unknown freeze policy 'everything'", "accepted: backbone, gradual, none, norm, partial"],
+        ),
         (["--callbacks", "+nope"], ["unknown callback 'nope'"]),
         (["--weights", "/nonexistent/w.pth"], ["weights path /nonexistent/w.pth does not exist"]),
         (["--device", "tpu"], ["device 'tpu' is not accepted"]),

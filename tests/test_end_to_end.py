@@ -33,8 +33,25 @@ def one_line_error(done):
 def test_resnet18_on_cifar10_writes_the_run_folder(tmp_path):
     data = write_cifar10(tmp_path / "data", train_per_batch=8, test_images=16)
     out = tmp_path / "run"
-    done = tlcore("run", "--backbone", "torchvision:resnet18", "--weights", "none", "--dataset", "cifar10",
-                  "--data-dir", data, "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--output", out)
+    done = tlcore(
+        "run",
+        "--backbone",
+        "torchvision:resnet18",
+        "--weights",
+        "none",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "32",
+        "--output",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors", "metrics.jsonl"]
     config = json.loads((out / "config.json").read_text())
@@ -50,9 +67,7 @@ def test_frozen_resnet_batchnorm_is_bit_identical(tmp_path):
     from tlcore.plugins import reset_host
 
     host = reset_host()
-    backbone = host.catalog("backbones").resolve("torchvision:resnet18").factory(
-        "torchvision:resnet18", BackboneOptions()
-    )
+    backbone = host.catalog("backbones").resolve("torchvision:resnet18").factory("torchvision:resnet18", BackboneOptions())
     for module in backbone.module.modules():  # statistics far from a fresh model's, as in pretrained weights
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_()
@@ -60,9 +75,29 @@ def test_frozen_resnet_batchnorm_is_bit_identical(tmp_path):
     torch.save(backbone.module.state_dict(), tmp_path / "start.pth")
     data = write_image_folder(tmp_path / "images", per_class=8, size=40)
     out = tmp_path / "run"
-    done = tlcore("run", "--backbone", "torchvision:resnet18", "--weights", tmp_path / "start.pth", "--freeze",
-                  "backbone", "--dataset", "imagefolder", "--data-dir", data, "--epochs", "2", "--batch-size", "4",
-                  "--image-size", "32", "--lr", "0.1", "--output", out)
+    done = tlcore(
+        "run",
+        "--backbone",
+        "torchvision:resnet18",
+        "--weights",
+        tmp_path / "start.pth",
+        "--freeze",
+        "backbone",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--lr",
+        "0.1",
+        "--output",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     saved, _ = read_checkpoint(out / "last.safetensors")
     loaded = torch.load(tmp_path / "start.pth", weights_only=True)
@@ -70,12 +105,34 @@ def test_frozen_resnet_batchnorm_is_bit_identical(tmp_path):
 
 
 def test_missing_and_empty_data_folders(tmp_path):
-    line = one_line_error(tlcore("run", "--backbone", "torchvision:resnet18", "--weights", "none", "--dataset",
-                                 "imagefolder", "--data-dir", tmp_path / "nowhere"))
+    line = one_line_error(
+        tlcore(
+            "run",
+            "--backbone",
+            "torchvision:resnet18",
+            "--weights",
+            "none",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            tmp_path / "nowhere",
+        )
+    )
     assert "nowhere" in line
     (tmp_path / "empty").mkdir()
-    line = one_line_error(tlcore("run", "--backbone", "torchvision:resnet18", "--weights", "none", "--dataset",
-                                 "imagefolder", "--data-dir", tmp_path / "empty"))
+    line = one_line_error(
+        tlcore(
+            "run",
+            "--backbone",
+            "torchvision:resnet18",
+            "--weights",
+            "none",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            tmp_path / "empty",
+        )
+    )
     assert "empty" in line
     line = one_line_error(tlcore("run", "--backbone", "torchvision:resnet19", "--weights", "none"))
     assert "unknown backbone 'torchvision:resnet19'" in line and "torchvision:resnet18" in line

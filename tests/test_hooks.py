@@ -85,7 +85,13 @@ def test_callbacks_hook_with_per_run_state_and_selection(host, tiny_config, tmp_
     fit(tiny_config(epochs=1, callbacks=["+test:recorder"], output=str(tmp_path / "c")), host)
     assert len(made) == 2  # a fresh instance per run
     assert made[0].events == [
-        "fit_start", "epoch_start 0", "last_batch 0", "epoch_end 1", "epoch_start 1", "last_batch 1", "epoch_end 2",
+        "fit_start",
+        "epoch_start 0",
+        "last_batch 0",
+        "epoch_end 1",
+        "epoch_start 1",
+        "last_batch 1",
+        "epoch_end 2",
         "fit_end",
     ]
     assert made[1].events[-2:] == ["epoch_end 1", "fit_end"]
@@ -134,8 +140,9 @@ def test_commands_hook(host, monkeypatch, capsys):
 
 
 def test_pretrained_weights_hook(host, tiny_config):
-    offered_state = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v
-                     for k, v in tiny_backbone().module.state_dict().items()}
+    offered_state = {
+        k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in tiny_backbone().module.state_dict().items()
+    }
 
     class WeightsPlugin:
         @tlcore.hookimpl

@@ -18,13 +18,13 @@ def make_module(name: str, source: str) -> types.ModuleType:
     return module
 
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 from tlcore import hookimpl
 
 @hookimpl
 def tlcore_register_heads(register):
     register("good:head", lambda in_features, num_classes, options: None)
-'''
+"""
 
 
 @pytest.fixture

@@ -71,8 +71,16 @@ def test_failed_setup_creates_no_run_folder(host, tiny_config, tmp_path):
 def test_sgd_step_schedule_mlp_head_and_options(host, tiny_config):
     result = fit(
         tiny_config(
-            optimizer="sgd", schedule="step", step_size=1, gamma=0.5, head="mlp", head_hidden=16, head_dropout=0.1,
-            label_smoothing=0.1, augment="none", epochs=2,
+            optimizer="sgd",
+            schedule="step",
+            step_size=1,
+            gamma=0.5,
+            head="mlp",
+            head_hidden=16,
+            head_dropout=0.1,
+            label_smoothing=0.1,
+            augment="none",
+            epochs=2,
         ),
         host,
     )

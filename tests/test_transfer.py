@@ -25,8 +25,9 @@ def test_run_folder_as_weights_for_another_dataset(host, tiny_config, tmp_path):
     host.register(ThreeClassPlugin(), "three")
     first = fit(tiny_config(output=str(tmp_path / "a"), epochs=2), host)
     second = fit(
-        tiny_config(output=str(tmp_path / "b"), dataset="test:three", weights=str(first.output_dir),
-                    freeze="backbone", epochs=1),
+        tiny_config(
+            output=str(tmp_path / "b"), dataset="test:three", weights=str(first.output_dir), freeze="backbone", epochs=1
+        ),
         host,
     )
     resolved = json.loads((second.output_dir / "config.json").read_text())["resolved"]
@@ -41,8 +42,14 @@ def test_run_folder_as_weights_for_another_dataset(host, tiny_config, tmp_path):
 def test_same_classes_keep_the_trained_head(host, tiny_config, tmp_path):
     first = fit(tiny_config(output=str(tmp_path / "a"), epochs=2), host)
     second = fit(
-        tiny_config(output=str(tmp_path / "b"), weights=str(first.output_dir / "last.safetensors"),
-                    freeze="backbone", epochs=1, lr=1e-12, warmup_epochs=0),
+        tiny_config(
+            output=str(tmp_path / "b"),
+            weights=str(first.output_dir / "last.safetensors"),
+            freeze="backbone",
+            epochs=1,
+            lr=1e-12,
+            warmup_epochs=0,
+        ),
         host,
     )
     assert json.loads((second.output_dir / "config.json").read_text())["resolved"]["head_from_checkpoint"] is True

@@ -154,7 +154,13 @@ def reuse_checkpoint_head(config: RunConfig, head: nn.Module, classes: list[str]
 def build_policy(config: RunConfig, host: PluginHost) -> FreezePolicy:
     """The freeze policy named in the config."""
     entry = host.catalog("freeze").resolve(config.freeze)
-    policy = call_factory(entry, "freeze", FreezeOptions(bn_mode=config.bn_mode))
+    options = FreezeOptions(
+        bn_mode=config.bn_mode,
+        freeze_to=config.freeze_to,
+        unfreeze_start=config.unfreeze_start,
+        unfreeze_every=config.unfreeze_every,
+    )
+    policy = call_factory(entry, "freeze", options)
     if not callable(getattr(policy, "trainable_groups", None)):
         raise PluginError(f"plugin {entry.plugin}: freeze policy {config.freeze!r} has no trainable_groups method")
     return policy

@@ -6,6 +6,7 @@ exits with status 2; no traceback reaches the user.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from enum import Enum
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tlcore.config import build_config, load_config_file
+from tlcore.config import FIELDS, HELP, build_config, load_config_file, option_kind
 from tlcore.errors import TlcoreError
 from tlcore.plugins import get_host
 from tlcore.registry import KINDS
@@ -29,47 +30,59 @@ app = typer.Typer(
 Kind = Enum("Kind", {kind: kind for kind in KINDS}, type=str)
 
 
+def config_options(command):
+    """Give ``command(overrides, config_file)`` one option per RunConfig field, plus --config.
+
+    The options are generated from RunConfig and its HELP, so `run` and
+    `plan` always accept exactly the keys a config file does.
+    """
+
+    def wrapper(**kwargs):
+        config_file = kwargs.pop("config")
+        return command({k: v for k, v in kwargs.items() if v is not None}, config_file)
+
+    parameters, annotations = [], {}
+    for name in FIELDS:
+        kind = option_kind(name)
+        flag = "--" + name.replace("_", "-")
+        declared = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
+        annotation = str if kind is list else kind
+        option = typer.Option(None, declared, help=HELP[name], show_default=False)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        annotations[name] = annotation
+    config_option = typer.Option(None, "--config", help="a TOML file of these options (underscored keys); flags override it")
+    parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=config_option, annotation=Path))
+    annotations["config"] = Path
+    wrapper.__signature__ = inspect.Signature(parameters)
+    wrapper.__annotations__ = annotations
+    wrapper.__name__ = command.__name__
+    wrapper.__doc__ = command.__doc__
+    return wrapper
+
+
+def resolved_config(overrides: dict, config_file: Path | None):
+    """Defaults, then the config file, then the flags."""
+    file_values = load_config_file(config_file) if config_file is not None else {}
+    return build_config(file_values, overrides)
+
+
 @app.command()
-def run(
-    backbone: str = typer.Option(None, help="provider:model, e.g. torchvision:resnet18 or timm:tf_efficientnet_lite0"),
-    weights: str = typer.Option(None, help="pretrained | none | a .safetensors/.pth/.pt file, a folder, or a run folder"),
-    dataset: str = typer.Option(None, help="a dataset name (see `tlcore list datasets`)"),
-    data_dir: str = typer.Option(None, help="where the dataset's files are"),
-    epochs: int = typer.Option(None, help="number of epochs"),
-    batch_size: int = typer.Option(None, help="images per step"),
-    lr: float = typer.Option(None, help="peak learning rate"),
-    optimizer: str = typer.Option(None, help="sgd | adamw"),
-    momentum: float = typer.Option(None, help="SGD momentum"),
-    weight_decay: float = typer.Option(None, help="weight decay (not on biases and norms)"),
-    schedule: str = typer.Option(None, help="cosine (with warmup) | step | constant"),
-    warmup_epochs: float = typer.Option(None, help="linear warmup length in epochs"),
-    step_size: int = typer.Option(None, help="step schedule: epochs between decays"),
-    gamma: float = typer.Option(None, help="step schedule: decay factor"),
-    label_smoothing: float = typer.Option(None, help="label smoothing in [0, 1)"),
-    image_size: int = typer.Option(None, help="training image size (default: the backbone's)"),
-    augment: str = typer.Option(None, help="standard | none"),
-    freeze: str = typer.Option(None, help="freeze policy (see `tlcore list freeze`)"),
-    bn_mode: str = typer.Option(None, help="frozen layers' norm statistics: frozen | train"),
-    head: str = typer.Option(None, help="head (see `tlcore list heads`)"),
-    head_hidden: int = typer.Option(None, help="hidden width of the mlp head"),
-    head_dropout: float = typer.Option(None, help="dropout in the head"),
-    val_fraction: float = typer.Option(None, help="share of train held out when there is no val split"),
-    device: str = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps"),
-    amp: bool = typer.Option(None, "--amp/--no-amp", help="mixed precision on CUDA"),
-    workers: int = typer.Option(None, help="DataLoader worker processes"),
-    seed: int = typer.Option(None, help="random seed"),
-    output: str = typer.Option(None, help="run folder to create (must not hold files)"),
-    callbacks: str = typer.Option(None, help="comma list; +name / -name edit the defaults"),
-    early_stopping_patience: int = typer.Option(None, help="stop after N epochs without val_acc gain"),
-    download: bool = typer.Option(None, "--download/--no-download", help="let datasets fetch missing files"),
-    config: Path = typer.Option(None, help="a TOML file of these options (underscored keys); flags override it"),
-) -> None:
+@config_options
+def run(overrides: dict, config_file: Path | None) -> None:
     """Fine-tune a backbone on a dataset and write the run folder."""
-    overrides = {k: v for k, v in locals().items() if k != "config" and v is not None}
-    file_values = load_config_file(config) if config is not None else {}
+    config = resolved_config(overrides, config_file)
     from tlcore.train import fit  # imported here so `tlcore list` stays quick
 
-    fit(build_config(file_values, overrides))
+    fit(config)
+
+
+@app.command()
+@config_options
+def plan(overrides: dict, config_file: Path | None) -> None:
+    """Dry run: per layer group and policy phase, what trains, at which rate, with which norm mode."""
+    from tlcore.plan import make_plan, render_plan
+
+    typer.echo(render_plan(make_plan(resolved_config(overrides, config_file), get_host())))
 
 
 @app.command("list")

@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 from tlcore.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
 AUGMENTS = ("standard", "none")
 BN_MODES = ("frozen", "train")
 
@@ -36,7 +36,11 @@ class RunConfig:
     head_hidden: int = 512
     head_dropout: float = 0.0
     freeze: str = "none"
+    freeze_to: str | None = None  # partial: a layer-group name, or how many groups from the input
+    unfreeze_start: int = 1  # gradual: head-only epochs before the first group unfreezes
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more group
     bn_mode: str = "frozen"  # frozen layers' norm statistics: "frozen" or "train"
+    cache_features: bool = False  # frozen backbone: compute features once, train the head on them
     # how long and how
     epochs: int = 3
     batch_size: int = 64
@@ -48,7 +52,11 @@ class RunConfig:
     warmup_epochs: float = 0.5  # linear warmup before the cosine decay
     step_size: int = 7  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
+    layer_decay: float | None = None  # discriminative rates: each group from the head down gets this factor more
+    lr_mults: str | None = None  # explicit per-group rate multipliers, "stem=0.1,layer4=0.5,head=1"
     label_smoothing: float = 0.0
+    class_weights: str | None = None  # loss weights: "auto" (inverse class frequency) or one number per class
+    balanced_sampler: bool = False  # draw training images so that every class is seen equally often
     image_size: int | None = None  # None: the backbone's own input size
     augment: str = "standard"
     val_fraction: float = 0.2  # held out when a dataset has no validation split
@@ -67,11 +75,53 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# The help text of each option of `tlcore run` and `tlcore plan` (one entry per RunConfig field).
+HELP = {
+    "backbone": "provider:model, e.g. torchvision:resnet18 or timm:tf_efficientnet_lite0",
+    "weights": "pretrained | none | a .safetensors/.pth/.pt file, a folder holding one, or an earlier run folder",
+    "dataset": "a dataset name (see `tlcore list datasets`)",
+    "data_dir": "where the dataset's files are",
+    "head": "classification head (see `tlcore list heads`)",
+    "head_hidden": "hidden width of the mlp head",
+    "head_dropout": "dropout in the head, in [0, 1)",
+    "freeze": "freeze policy (see `tlcore list freeze`)",
+    "freeze_to": "partial policy: freeze the groups up to this group name, or this many groups",
+    "unfreeze_start": "gradual policy: head-only epochs before the first group unfreezes",
+    "unfreeze_every": "gradual policy: epochs between unfreezing one more group, from the top",
+    "bn_mode": "norm statistics of frozen layers: frozen | train",
+    "cache_features": "frozen backbone only: compute features once and train the head on them",
+    "epochs": "number of epochs",
+    "batch_size": "images per step",
+    "lr": "peak learning rate (of the head; groups may scale it)",
+    "optimizer": "adamw | sgd",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay (not applied to biases and norm weights)",
+    "schedule": "cosine (after --warmup-epochs) | onecycle | step | constant",
+    "warmup_epochs": "linear warmup length in epochs (cosine and constant schedules)",
+    "step_size": "step schedule: epochs between decays",
+    "gamma": "step schedule: decay factor",
+    "layer_decay": "discriminative rates: the last group gets lr x d, the one before x d^2, down to the stem",
+    "lr_mults": "per-group rate multipliers, e.g. stem=0.1,layer4=0.5,head=1",
+    "label_smoothing": "label smoothing in [0, 1)",
+    "class_weights": "loss weights: auto (inverse class frequency) or one number per class, comma-separated",
+    "balanced_sampler": "sample training images so that every class is drawn equally often",
+    "image_size": "training image size (default: the dataset's preference, else the backbone's)",
+    "augment": "standard | none",
+    "val_fraction": "share of train held out when the dataset has no validation split",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+    "amp": "mixed precision on CUDA (bf16 where supported, else fp16)",
+    "workers": "DataLoader worker processes (default: 0 for in-memory data, else up to 8)",
+    "seed": "random seed; runs on CPU with the same seed are identical",
+    "output": "run folder to create; must not already hold files",
+    "callbacks": "comma list of callbacks; +name / -name edit the defaults",
+    "early_stopping_patience": "stop after this many epochs without a val_acc gain (0: never)",
+    "download": "let datasets fetch missing files when the network allows",
+}
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES = get_type_hints(RunConfig)
 
 
-def _kind(key: str) -> type:
+def option_kind(key: str) -> type:
     """The plain type of a field: int, float, str, bool or list (Optional unwrapped)."""
     hint = _TYPES[key]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -82,7 +132,7 @@ def _kind(key: str) -> type:
 
 def _coerce(key: str, value: Any) -> Any:
     """Check a value's type against the field; ints are accepted for floats, "a,b" or arrays for lists."""
-    kind = _kind(key)
+    kind = option_kind(key)
     if value is None:
         if type(None) in typing.get_args(_TYPES[key]):
             return None
@@ -98,8 +148,8 @@ def _coerce(key: str, value: Any) -> Any:
             return [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
-    if kind is str and isinstance(value, (str, Path)):
-        return str(value)
+    if kind is str and (isinstance(value, (str, Path)) or (isinstance(value, int) and not isinstance(value, bool))):
+        return str(value)  # ints too: freeze_to = 2 in a TOML file
     raise ConfigError(f"option {key} must be {kind.__name__}, got {value!r}")
 
 
@@ -163,6 +213,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("weight_decay, momentum and warmup_epochs must not be negative")
     if config.step_size <= 0 or not 0 < config.gamma <= 1:
         raise ConfigError("step_size must be positive and gamma in (0, 1]")
+    if config.layer_decay is not None and not 0 < config.layer_decay <= 1:
+        raise ConfigError(f"layer_decay must be in (0, 1], got {config.layer_decay}")
+    if config.unfreeze_start < 0 or config.unfreeze_every < 1:
+        raise ConfigError("unfreeze_start must be >= 0 and unfreeze_every >= 1")
     if config.workers is not None and config.workers < 0:
         raise ConfigError(f"workers must not be negative, got {config.workers}")
     if config.early_stopping_patience < 0:

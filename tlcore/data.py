@@ -78,14 +78,17 @@ def default_workers(dataset: Dataset, requested: int | None) -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader whose shuffling order depends only on ``seed`` (and the epoch)."""
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin_memory: bool, sampler=None
+) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (and the epoch); ``sampler`` replaces shuffling."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

@@ -29,7 +29,9 @@ class DatasetSplits:
 
     ``train`` and ``val`` yield ``(image, label)`` with ``image`` a PIL image of
     any mode or a ``uint8`` tensor ``(C, H, W)`` with C in {1, 3}, and ``label``
-    an int index into ``classes``.
+    an int index into ``classes``. A dataset that can list its labels without
+    loading images exposes them as ``targets`` (torchvision's convention);
+    class weights and balanced sampling use it.
     """
 
     classes: list[str]
@@ -56,6 +58,11 @@ class TensorImageDataset(Dataset):
             raise ValueError(f"labels must be 1-D with {len(images)} entries, got {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.to(torch.int64)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """All labels, without touching the images."""
+        return self.labels
 
     def __len__(self) -> int:
         return len(self.images)

@@ -16,10 +16,55 @@ from torch import nn
 
 from tlcore.backbone import Backbone
 from tlcore.config import RunConfig
+from tlcore.errors import ConfigError
+
+ONECYCLE_WARMUP = 0.3  # share of the run spent rising, as torch's OneCycleLR pct_start
+ONECYCLE_START = 1 / 25  # rise from lr/25 (div_factor), fall to lr/25e4 (final_div_factor)
+ONECYCLE_END = 1 / 25e4
+
+
+def parse_lr_mults(text: str | None, names: list[str]) -> dict[str, float]:
+    """``"stem=0.1,layer4=0.5"`` to a dict; names must be layer groups of the backbone or ``head``."""
+    if not text:
+        return {}
+    mults = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep:
+            raise ConfigError(f"lr_mults item {item.strip()!r} is not NAME=FACTOR; example: stem=0.1,layer4=0.5")
+        if name not in names:
+            raise ConfigError(
+                f"lr_mults names {name!r}, which is not a layer group of this backbone; it has: {', '.join(names)}"
+            )
+        try:
+            mults[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"lr_mults factor for {name} must be a number, got {value!r}") from None
+        if mults[name] < 0:
+            raise ConfigError(f"lr_mults factor for {name} must not be negative, got {value}")
+    return mults
+
+
+def lr_scales(backbone: Backbone, config: RunConfig) -> dict[str, float]:
+    """Each layer group's and the head's learning-rate multiplier.
+
+    With ``layer_decay`` d, the last group gets d, the one before d^2, and so
+    on down to the stem (the head keeps 1); ``lr_mults`` then sets any group
+    explicitly.
+    """
+    names = [group.name for group in backbone.layer_groups]
+    scales = {name: 1.0 for name in names}
+    scales["head"] = 1.0
+    if config.layer_decay is not None:
+        for depth, name in enumerate(reversed(names), start=1):
+            scales[name] = config.layer_decay**depth
+    scales.update(parse_lr_mults(config.lr_mults, names + ["head"]))
+    return scales
 
 
 def parameter_groups(backbone: Backbone, head: nn.Module, config: RunConfig) -> list[dict]:
     """One optimizer group per (layer group or head) x (decay, no decay), in order from input to head."""
+    scales = lr_scales(backbone, config)
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for group in backbone.layer_groups:
         buckets[(group.name, True)] = []
@@ -35,8 +80,8 @@ def parameter_groups(backbone: Backbone, head: nn.Module, config: RunConfig) -> 
                 {
                     "params": params,
                     "name": name,
-                    "lr": config.lr,
-                    "lr_scale": 1.0,  # per-group multiplier kept for discriminative learning rates
+                    "lr": config.lr * scales[name],
+                    "lr_scale": scales[name],  # discriminative learning rates
                     "weight_decay": config.weight_decay if decays else 0.0,
                 }
             )
@@ -59,6 +104,12 @@ def lr_multiplier(config: RunConfig, steps_per_epoch: int):
     def multiplier(step: int) -> float:
         if config.schedule == "step":
             return config.gamma ** ((step // steps_per_epoch) // config.step_size)
+        if config.schedule == "onecycle":
+            rise = max(1, int(ONECYCLE_WARMUP * total))
+            if step < rise:
+                return ONECYCLE_START + (1 - ONECYCLE_START) * 0.5 * (1 - math.cos(math.pi * step / rise))
+            progress = min(1.0, (step - rise) / max(1, total - rise))
+            return ONECYCLE_END + (1 - ONECYCLE_END) * 0.5 * (1 + math.cos(math.pi * progress))
         if step < warmup:
             return (step + 1) / warmup
         if config.schedule == "constant":
@@ -72,7 +123,9 @@ def lr_multiplier(config: RunConfig, steps_per_epoch: int):
 def make_scheduler(
     optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR; each group's rate is ``lr * lr_scale * multiplier(step)``."""
-    multiplier = lr_multiplier(config, steps_per_epoch)
-    lambdas = [lambda step, scale=group["lr_scale"]: scale * multiplier(step) for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    """A per-step LambdaLR; each group's rate is ``lr * lr_scale * multiplier(step)``.
+
+    The groups' initial rates already include ``lr_scale``, and LambdaLR
+    multiplies each group's initial rate, so one multiplier serves all.
+    """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, steps_per_epoch))

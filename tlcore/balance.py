@@ -1,0 +1,49 @@
+"""Class imbalance: weights in the loss, and a sampler that sees every class equally often."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from tlcore.errors import ConfigError, DataError
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Every label of a dataset: its ``targets`` when it has them, else read item by item (loads the images)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.as_tensor(targets, dtype=torch.int64)
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Images per class."""
+    return torch.bincount(labels, minlength=num_classes)[:num_classes]
+
+
+def class_weights(spec: str, labels: torch.Tensor, classes: list[str]) -> torch.Tensor:
+    """Loss weights: ``auto`` gives n / (k * count_c) (1 for balanced data), or one number per class."""
+    if spec == "auto":
+        counts = class_counts(labels, len(classes)).double()
+        missing = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+        if missing:
+            raise DataError(f"class_weights auto: no training images of class(es) {', '.join(missing[:5])}")
+        return (len(labels) / (len(classes) * counts)).float()
+    try:
+        values = [float(part) for part in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"class_weights must be auto or {len(classes)} comma-separated numbers, got {spec!r}") from None
+    if len(values) != len(classes) or any(v < 0 for v in values):
+        raise ConfigError(
+            f"class_weights needs {len(classes)} non-negative numbers (one per class: {', '.join(classes[:5])}"
+            f"{', …' if len(classes) > 5 else ''}), got {len(values)}"
+        )
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int) -> WeightedRandomSampler:
+    """Draws len(labels) indices per epoch with replacement, each class with equal total probability."""
+    counts = class_counts(labels, num_classes).double().clamp(min=1)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return WeightedRandomSampler((1.0 / counts)[labels], num_samples=len(labels), replacement=True, generator=generator)
