@@ -27,6 +27,7 @@ class Preprocessing:
     interpolation: str = "bilinear"  # one of INTERPOLATIONS
     crop_pct: float = 0.875  # evaluation: resize to input_size / crop_pct, then centre-crop
     min_size: int = 32  # the smallest square input the architecture accepts
+    fixed_size: bool = False  # True when it accepts input_size only (a ViT built for one size)
 
     def to_dict(self) -> dict:
         """Return a JSON-ready dict (tuples become lists)."""
@@ -37,6 +38,7 @@ class Preprocessing:
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
             "min_size": self.min_size,
+            "fixed_size": self.fixed_size,
         }
 
     @classmethod
@@ -49,6 +51,7 @@ class Preprocessing:
             interpolation=str(data.get("interpolation", "bilinear")),
             crop_pct=float(data.get("crop_pct", 0.875)),
             min_size=int(data.get("min_size", 32)),
+            fixed_size=bool(data.get("fixed_size", False)),
         )
 
 

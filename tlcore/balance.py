@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset
 
 from tlcore.errors import ConfigError, DataError
 
@@ -41,9 +41,7 @@ def class_weights(spec: str, labels: torch.Tensor, classes: list[str]) -> torch.
     return torch.tensor(values, dtype=torch.float32)
 
 
-def balanced_sampler(labels: torch.Tensor, num_classes: int, seed: int) -> WeightedRandomSampler:
-    """Draws len(labels) indices per epoch with replacement, each class with equal total probability."""
+def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-image sampling weights under which every class has the same total probability."""
     counts = class_counts(labels, num_classes).double().clamp(min=1)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return WeightedRandomSampler((1.0 / counts)[labels], num_samples=len(labels), replacement=True, generator=generator)
+    return (1.0 / counts)[labels]

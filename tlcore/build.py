@@ -117,6 +117,9 @@ def resolve_image_size(config: RunConfig, backbone: Backbone, data: DatasetSplit
     Never below what the architecture accepts.
     """
     size = config.image_size or data.preferred_image_size or backbone.preprocessing.input_size
+    if backbone.preprocessing.fixed_size and size != backbone.preprocessing.input_size:
+        fixed = backbone.preprocessing.input_size
+        raise ConfigError(f"backbone {backbone.name} was built for {fixed}px input and accepts only --image-size {fixed}")
     if size < backbone.preprocessing.min_size:
         minimum = backbone.preprocessing.min_size
         raise ConfigError(f"image size {size} is too small for backbone {backbone.name}; it accepts {minimum} or more")

@@ -15,7 +15,8 @@ from pathlib import Path
 import typer
 
 from tlcore.config import FIELDS, HELP, build_config, load_config_file, option_kind
-from tlcore.errors import TlcoreError
+from tlcore.errors import ConfigError, TlcoreError
+from tlcore.interrupt import RunInterrupted
 from tlcore.plugins import get_host
 from tlcore.registry import KINDS
 
@@ -30,16 +31,18 @@ app = typer.Typer(
 Kind = Enum("Kind", {kind: kind for kind in KINDS}, type=str)
 
 
-def config_options(command):
-    """Give ``command(overrides, config_file)`` one option per RunConfig field, plus --config.
+def config_options(command, extras: dict[str, tuple[type, typer.models.OptionInfo]] | None = None):
+    """Give ``command(overrides, config_file, **extras)`` one option per RunConfig field, plus --config.
 
     The options are generated from RunConfig and its HELP, so `run` and
     `plan` always accept exactly the keys a config file does.
     """
+    extras = extras or {}
 
     def wrapper(**kwargs):
         config_file = kwargs.pop("config")
-        return command({k: v for k, v in kwargs.items() if v is not None}, config_file)
+        extra_values = {name: kwargs.pop(name) for name in extras}
+        return command({k: v for k, v in kwargs.items() if v is not None}, config_file, **extra_values)
 
     parameters, annotations = [], {}
     for name in FIELDS:
@@ -53,6 +56,9 @@ def config_options(command):
     config_option = typer.Option(None, "--config", help="a TOML file of these options (underscored keys); flags override it")
     parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=config_option, annotation=Path))
     annotations["config"] = Path
+    for name, (annotation, option) in extras.items():
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        annotations[name] = annotation
     wrapper.__signature__ = inspect.Signature(parameters)
     wrapper.__annotations__ = annotations
     wrapper.__name__ = command.__name__
@@ -66,14 +72,22 @@ def resolved_config(overrides: dict, config_file: Path | None):
     return build_config(file_values, overrides)
 
 
-@app.command()
-@config_options
-def run(overrides: dict, config_file: Path | None) -> None:
-    """Fine-tune a backbone on a dataset and write the run folder."""
-    config = resolved_config(overrides, config_file)
-    from tlcore.train import fit  # imported here so `tlcore list` stays quick
+RESUME_OPTION = typer.Option(None, "--resume", help="continue the interrupted run in this folder, as it was configured")
 
-    fit(config)
+
+def run_command(overrides: dict, config_file: Path | None, resume: Path | None = None) -> None:
+    """Fine-tune a backbone on a dataset and write the run folder (or --resume one)."""
+    from tlcore import train  # imported here so `tlcore list` stays quick
+
+    if resume is not None:
+        if overrides or config_file is not None:
+            raise ConfigError("--resume continues a run exactly as it was configured; give no other options with it")
+        train.resume(resume)
+        return
+    train.fit(resolved_config(overrides, config_file))
+
+
+app.command("run")(config_options(run_command, {"resume": (Path, RESUME_OPTION)}))
 
 
 @app.command()
@@ -197,10 +211,27 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tlcore`` script and ``python -m tlcore``; ``argv`` defaults to sys.argv."""
     _add_plugin_commands()
     try:
-        app(args=argv, prog_name="tlcore")
+        # not standalone: click would turn Ctrl-C into "Aborted!" and our errors into tracebacks
+        code = app(args=argv, prog_name="tlcore", standalone_mode=False)
+    except KeyboardInterrupt:
+        print("\ntlcore: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except RunInterrupted as stopped:
+        print(f"tlcore: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     except TlcoreError as error:
         print(f"tlcore: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        print("tlcore: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except Exception as error:
+        # typer ships its own copy of click in some versions: recognise click's exceptions by name
+        names = {cls.__name__ for cls in type(error).__mro__}
+        if "Abort" in names:
+            print("\ntlcore: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if "ClickException" in names:  # bad flags: click's own short usage message
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+    if code == 130:  # typer turns Ctrl-C during a command into a silent exit 130
+        print("\ntlcore: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)

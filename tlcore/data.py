@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
 from tlcore.backbone import Preprocessing
@@ -54,19 +54,101 @@ def build_transform(
     )
 
 
-class TransformedDataset(Dataset):
-    """Applies colour conversion and a transform to a plugin's dataset, lazily per item."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one image in one epoch: independent of order, workers and resumption."""
+    return (seed * 1_000_003 + epoch) * 1_000_033 + index & (2**63 - 1)
 
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]):
+
+class TransformedDataset(Dataset):
+    """Applies colour conversion and a transform to a plugin's dataset, lazily per item.
+
+    Keys may be ``(epoch, index)`` pairs (from :class:`EpochSampler`): the
+    transform's randomness is then seeded per image and epoch, so the same run
+    sees the same augmented images whatever the number of workers, and a
+    resumed run sees exactly what the uninterrupted one would have.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0):
         self.base = base
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            image, label = self.base[key]
+            return self.transform(to_rgb(image)), int(label)
+        epoch, index = key
         image, label = self.base[index]
-        return self.transform(to_rgb(image)), int(label)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only; the caller's stream is left as it was
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(to_rgb(image)), int(label)
+
+
+class KeyedDataset(Dataset):
+    """Lets a dataset indexed by int accept ``(epoch, index)`` keys too (cached features have no randomness)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key):
+        return self.base[key[1] if isinstance(key, tuple) else key]
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys in an order that depends only on the seed and the epoch.
+
+    Shuffled with a generator seeded per epoch (no state carried between
+    epochs), or drawn with replacement by ``weights`` (balanced sampling).
+    ``start`` skips the first keys of an epoch, for resuming mid-epoch;
+    ``rank`` and ``world_size`` give each process of a distributed run its
+    own share of every epoch (equal, by wrapping around, when ``even``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        shuffle: bool = True,
+        weights: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        even: bool = True,
+    ):
+        self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
+        self.rank, self.world_size, self.even = rank, world_size, even
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch whose order to yield, skipping its first ``start`` keys (of this process)."""
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        """This process's indices of the current epoch, before skipping."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 7919 + self.epoch)
+        if self.weights is not None:
+            indices = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+        elif self.shuffle:
+            indices = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            indices = list(range(self.size))
+        if self.world_size > 1 and self.even:  # training: pad by wrapping so every process takes as many steps
+            per_rank = -(-len(indices) // self.world_size)
+            indices = (indices * 2)[: per_rank * self.world_size]
+        return indices[self.rank :: self.world_size]
+
+    def __iter__(self):
+        for index in self.order()[self.start :]:
+            yield self.epoch, index
+
+    def __len__(self) -> int:
+        return len(self.order()) - self.start
 
 
 def default_workers(dataset: Dataset, requested: int | None) -> int:
@@ -78,29 +160,16 @@ def default_workers(dataset: Dataset, requested: int | None) -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin_memory: bool, sampler=None
-) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (and the epoch); ``sampler`` replaces shuffling."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader over ``sampler``'s keys (None: dataset order); the sampler alone decides the order."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
-        generator=generator,
-        worker_init_fn=_seed_worker,
+        # its own generator: without one, each new iterator draws from the global stream, and a resumed run
+        # (which makes one iterator more) would see different dropout than the run it continues
+        generator=torch.Generator().manual_seed(0),
     )
-
-
-def _seed_worker(worker_id: int) -> None:
-    # Each worker's torch seed derives from the loader's generator; numpy and random follow it.
-    import random
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)

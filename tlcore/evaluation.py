@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from tlcore.build import build_dataset
 from tlcore.config import build_config
-from tlcore.data import TransformedDataset, default_workers, make_loader
+from tlcore.data import TransformedDataset, default_workers
 from tlcore.errors import ConfigError, DataError
 from tlcore.inference import Predictor, load_checkpoint
 from tlcore.plugins import PluginHost, get_host
@@ -177,17 +177,16 @@ def evaluate_checkpoint(
     config = build_config(overrides={k: v for k, v in overrides.items() if v is not None})
     splits = build_dataset(config, host)
     raw = align_classes(splits.train if split == "train" else splits.val, splits.classes, predictor.classes, name)
-    loader = make_loader(
+    # a plain sequential loader: dataset order, so per-image outputs line up with ``raw``
+    loader = DataLoader(
         TransformedDataset(raw, predictor.transform),
-        batch_size,
-        shuffle=False,
-        workers=default_workers(raw, workers),
-        seed=config.seed,
+        batch_size=batch_size,
+        num_workers=default_workers(raw, workers),
         pin_memory=predictor.device.type == "cuda",
     )
     outputs = collect_outputs(predictor.model, loader, predictor.device)
     return EvalReport(
-        checkpoint=str(predictor.path),
+        checkpoint=str(predictor.path) if predictor.path is not None else "the model in memory",
         epoch=predictor.info.epoch,
         backbone=predictor.info.backbone,
         dataset=name,

@@ -11,7 +11,7 @@ every tensor of the file is then loaded strictly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +217,48 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         where = ", ".join(str(p) for p in paths)
         raise DataError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
     return found
+
+
+def predict_files(
+    predictor: Predictor,
+    files: Sequence[Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[Prediction]:
+    """Predict image files batch by batch, yielding as each batch is done.
+
+    A file that cannot be decoded is passed to ``warn`` (one message naming
+    it) and skipped; DataError at the end when no file at all could be read.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    read = 0
+    for start in range(0, len(files), batch_size):
+        images, names = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                images.append(open_image(path))
+                names.append(str(path))
+            except DataError as error:
+                if warn is not None:
+                    warn(str(error))
+        if images:
+            read += len(images)
+            batch = torch.stack([predictor.preprocess(image) for image in images])
+            yield from predictor.top_k(predictor.logits(batch), names, top_k)
+    if read == 0:
+        raise DataError(
+            "the image could not be read" if len(files) == 1 else f"none of the {len(files)} images could be read"
+        )
+
+
+def render_prediction(prediction: Prediction, width: int) -> str:
+    """One line of `tlcore predict`: the file, then each class with its probability."""
+    classes = "  ".join(
+        f"{label} {probability:.4f}" for label, probability in zip(prediction.labels, prediction.probabilities, strict=True)
+    )
+    return f"{prediction.source:<{width}}  {classes}"
 
 
 def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tlcore.config import RunConfig
 from tlcore.errors import ConfigError
+from tlcore.files import atomic_write_json
 
 
 def default_output(config: RunConfig) -> Path:
@@ -51,3 +52,44 @@ def versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
     }
+
+
+def write_run_config(
+    output_dir: Path,
+    config: RunConfig,
+    host,
+    device,
+    backbone,
+    data,
+    image_size: int,
+    phases,
+    class_weights,
+    head_reused: bool,
+    callback_names: list[str],
+    amp_dtype,
+) -> None:
+    """config.json: the configuration as given, what it resolved to, and the versions that ran it."""
+    atomic_write_json(
+        output_dir / "config.json",
+        {
+            "config": config.to_dict(),
+            "resolved": {
+                "device": str(device),
+                "image_size": image_size,
+                "weights": backbone.weights,
+                "head_from_checkpoint": head_reused,
+                "preprocessing": backbone.preprocessing.to_dict(),
+                "feature_dim": backbone.feature_dim,
+                "layer_groups": [group.name for group in backbone.layer_groups],
+                "phases": [phase.__dict__ for phase in phases],
+                "classes": data.classes,
+                "train_images": len(data.train),
+                "val_images": len(data.val),
+                "class_weights": class_weights.tolist() if class_weights is not None else None,
+                "callbacks": callback_names,
+                "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+            },
+            "versions": versions(),
+            "plugins": host.plugin_versions(),
+        },
+    )

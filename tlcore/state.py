@@ -11,6 +11,7 @@ import torch
 from tlcore.backbone import Backbone
 from tlcore.checkpoint import CheckpointInfo
 from tlcore.config import RunConfig
+from tlcore.distributed import Distributed
 from tlcore.model import Classifier
 
 
@@ -36,6 +37,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     should_stop: bool = False
     stop_reason: str = ""
+    place: Distributed = field(default_factory=Distributed)  # rank and world size in a torch.distributed run
 
     def checkpoint_info(self, metrics: dict) -> CheckpointInfo:
         """What a checkpoint of the model at this point must carry to rebuild it alone."""

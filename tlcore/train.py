@@ -3,10 +3,13 @@
 Reads top to bottom: resolve the components, build the data and the model,
 then train epoch by epoch. The loss and accuracy accumulate on the device and
 are read once per epoch, so a GPU is never stalled by the host step by step.
+After every epoch, and on Ctrl-C or SIGTERM at the next step, the whole
+training state is saved so `tlcore run --resume RUN_DIR` continues exactly.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -16,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlcore.balance import balanced_sampler, class_weights, dataset_labels
+from tlcore import distributed
+from tlcore.balance import balanced_weights, class_weights, dataset_labels
 from tlcore.build import (
     build_backbone,
     build_callbacks,
@@ -28,27 +32,29 @@ from tlcore.build import (
     reuse_checkpoint_head,
 )
 from tlcore.callbacks.base import CallbackList
-from tlcore.config import RunConfig
-from tlcore.data import TransformedDataset, build_transform, default_workers, make_loader
+from tlcore.config import RunConfig, build_config
+from tlcore.data import EpochSampler, KeyedDataset, TransformedDataset, build_transform, default_workers, make_loader
 from tlcore.device import autocast_dtype, pick_device
 from tlcore.errors import ConfigError
 from tlcore.feature_cache import compute_features, fingerprint, remove_spill_files
-from tlcore.files import atomic_write_json
 from tlcore.freeze import Phase, apply_trainable, policy_phases
+from tlcore.interrupt import RunInterrupted, StopRequest
 from tlcore.model import Classifier
 from tlcore.optim import make_optimizer, make_scheduler, parameter_groups
 from tlcore.plugins import PluginHost, get_host
-from tlcore.rundir import create_output_dir, versions
+from tlcore.resume import STATE_FILE, load_train_state, restore_train_state, save_train_state
+from tlcore.rundir import create_output_dir, write_run_config
 from tlcore.state import RunState
 
 
 @dataclass
 class RunResult:
-    """What a finished run returns: its folder and per-epoch metrics."""
+    """What a finished run returns: its folder, per-epoch metrics and the trained model."""
 
     output_dir: Path
     history: list[dict]
     config: RunConfig
+    model: Classifier
 
     @property
     def best(self) -> dict:
@@ -64,21 +70,24 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, criterion: nn.Module, device: torch.device, amp_dtype) -> tuple[float, float]:
-    """Mean loss and accuracy over a loader, read from the device once at the end."""
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, stop: StopRequest | None = None):
+    """Summed plain cross-entropy, correct count and image count over a loader; None if a stop came first."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
+    criterion = nn.CrossEntropyLoss(reduction="sum")  # plain: val_loss compares across runs whatever the training loss
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     for images, labels in loader:
+        if stop is not None and stop.requested:
+            return None
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-        loss_sum += criterion(logits.float(), labels) * labels.numel()
+        loss_sum += criterion(logits.float(), labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += labels.numel()
-    return float(loss_sum) / seen, int(correct) / seen
+    return loss_sum, correct, seen
 
 
 def check_cache_features(config: RunConfig, phases: list[Phase]) -> None:
@@ -94,15 +103,24 @@ def check_cache_features(config: RunConfig, phases: list[Phase]) -> None:
         raise ConfigError("--cache-features needs --bn-mode frozen: with 'train' the backbone's statistics change")
 
 
-def fit(config: RunConfig, host: PluginHost | None = None) -> RunResult:
-    """Train one run as configured and return its metrics; writes the run folder."""
+def resume(run_dir: Path, host: PluginHost | None = None) -> RunResult:
+    """Continue an interrupted run from its folder, with the configuration it was started with."""
+    state = load_train_state(Path(run_dir))
+    return fit(build_config(overrides=state.config), host, resume_from=Path(run_dir))
+
+
+def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | None = None) -> RunResult:
+    """Train one run as configured and return its results; writes the run folder (rank 0 only)."""
     host = host or get_host()
+    state = load_train_state(resume_from) if resume_from is not None else None
     device = pick_device(config.device)
+    place = distributed.setup(device)
+    device = distributed.local_device(device, place)
     seed_everything(config.seed)
 
     # -- components, by name, from the plugins ------------------------------
     data = build_dataset(config, host)
-    weights_file = read_weights_option(config)  # --weights PATH: a file, folder or earlier run
+    weights_file = read_weights_option(config) if state is None else None  # --weights PATH; resuming has its own
     backbone = build_backbone(config, host, config.image_size or data.preferred_image_size, weights_file)
     image_size = resolve_image_size(config, backbone, data)
     head = build_head(config, host, backbone.feature_dim, len(data.classes))
@@ -112,64 +130,70 @@ def fit(config: RunConfig, host: PluginHost | None = None) -> RunResult:
     phases = policy_phases(policy, group_names, config.epochs)  # asked up front: bad options fail before any work
     if config.cache_features:
         check_cache_features(config, phases)
-    callbacks = CallbackList(build_callbacks(config, host))
+    callbacks = CallbackList(build_callbacks(config, host) if place.is_main else [])
     model = Classifier(backbone.module, head).to(device)
 
-    # -- data: transforms follow the backbone's preprocessing ---------------
+    # -- data: transforms follow the backbone's preprocessing; order and augmentation follow the seed ----
     pre, flip = backbone.preprocessing, data.flip_invariant
     augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
-    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip))
-    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip))
+    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip), config.seed)
+    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip), config.seed)
     needs_labels = config.class_weights is not None or config.balanced_sampler
     train_labels = dataset_labels(data.train) if needs_labels else None
-    sampler = balanced_sampler(train_labels, len(data.classes), config.seed) if config.balanced_sampler else None
+    draw_weights = balanced_weights(train_labels, len(data.classes)) if config.balanced_sampler else None
+    train_sampler = EpochSampler(len(train_set), config.seed, True, draw_weights, place.rank, place.world_size)
+    val_sampler = EpochSampler(len(val_set), config.seed, False, None, place.rank, place.world_size, even=False)
     workers = default_workers(data.train, config.workers)
     pin = device.type == "cuda"
-    train_loader = make_loader(train_set, config.batch_size, True, workers, config.seed, pin, sampler)
-    val_loader = make_loader(val_set, config.batch_size, False, workers, config.seed, pin)
-    steps_per_epoch = len(train_loader)
+    train_loader = make_loader(train_set, config.batch_size, train_sampler, workers, pin)
+    val_loader = make_loader(val_set, config.batch_size, val_sampler, workers, pin)
+    steps_per_epoch = math.ceil(len(train_sampler) / config.batch_size)
 
     # -- optimisation: groups built once, whatever the policy unfreezes later -
     optimizer = make_optimizer(parameter_groups(backbone, head, config), config, device)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     weights = class_weights(config.class_weights, train_labels, data.classes).to(device) if config.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    val_criterion = nn.CrossEntropyLoss()  # plain, so val_loss compares across runs whatever the training loss
     amp_dtype = autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 needs none
 
-    # -- the run folder: created only once everything above has worked -------
-    output_dir = create_output_dir(config)
-    atomic_write_json(
-        output_dir / "config.json",
-        {
-            "config": config.to_dict(),
-            "resolved": {
-                "device": str(device),
-                "image_size": image_size,
-                "weights": backbone.weights,
-                "head_from_checkpoint": head_reused,
-                "preprocessing": pre.to_dict(),
-                "feature_dim": backbone.feature_dim,
-                "layer_groups": group_names,
-                "phases": [phase.__dict__ for phase in phases],
-                "classes": data.classes,
-                "train_images": len(data.train),
-                "val_images": len(data.val),
-                "class_weights": weights.tolist() if weights is not None else None,
-                "callbacks": callbacks.names(),
-                "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-            },
-            "versions": versions(),
-            "plugins": host.plugin_versions(),
-        },
-    )
+    # -- the run folder: created (by rank 0) only once everything above has worked ----
+    if state is not None:
+        output_dir = Path(resume_from)
+    elif place.is_main:
+        output_dir = create_output_dir(config)
+        write_run_config(
+            output_dir,
+            config,
+            host,
+            device,
+            backbone,
+            data,
+            image_size,
+            phases,
+            weights,
+            head_reused,
+            callbacks.names(),
+            amp_dtype,
+        )
+    else:
+        output_dir = Path(config.output or "")
     run = RunState(
-        config, output_dir, model, backbone, data.classes, device, optimizer, scheduler, image_size, steps_per_epoch
+        config,
+        output_dir,
+        model,
+        backbone,
+        data.classes,
+        device,
+        optimizer,
+        scheduler,
+        image_size,
+        steps_per_epoch,
+        place=place,
     )
 
     # -- the frozen-backbone fast path: features once, then the head alone ----
-    step_model, caches = model, []
+    train_module, caches, key = model, [], None
     if config.cache_features:
         key = fingerprint(
             {
@@ -181,70 +205,150 @@ def fit(config: RunConfig, host: PluginHost | None = None) -> RunResult:
                 "sizes": [len(data.train), len(data.val)],
             }
         )
-        plain_train = make_loader(train_set, config.batch_size, False, workers, config.seed, pin)
-        caches = [
-            compute_features(backbone.module, loader, device, amp_dtype, key, output_dir / ".feature-cache", name)
-            for name, loader in (("train", plain_train), ("val", val_loader))
+        caches = [  # in dataset order; train_set has no augmentation here
+            compute_features(
+                backbone.module,
+                make_loader(dataset, config.batch_size, None, workers, pin),
+                device,
+                amp_dtype,
+                key,
+                output_dir / ".feature-cache",
+                name,
+            )
+            for name, dataset in (("train", train_set), ("val", val_set))
         ]
-        # same seed, sampler and batch size as the slow path: the same order of images
-        train_loader = make_loader(caches[0], config.batch_size, True, 0, config.seed, False, sampler)
-        val_loader = make_loader(caches[1], config.batch_size, False, 0, config.seed, False)
-        step_model = head
+        # the same samplers as the slow path: the same images in the same order
+        train_loader = make_loader(KeyedDataset(caches[0]), config.batch_size, train_sampler, 0, False)
+        val_loader = make_loader(KeyedDataset(caches[1]), config.batch_size, val_sampler, 0, False)
+        train_module = head
+
+    # -- resuming: every tensor, generator and counter as it was saved ------
+    start_epoch, start_step, running = 0, 0, {}
+    if state is not None:
+        running = restore_train_state(
+            state, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, callbacks=callbacks.callbacks
+        )
+        run.history = list(state.record["history"])
+        start_epoch, start_step, run.step = state.record["epoch"], state.record["epoch_step"], state.record["step"]
 
     callbacks.on_fit_start(run)
+    trainable_now, step_model = None, train_module
     try:
-        for epoch in range(config.epochs):
-            run.epoch, run.epoch_step, run.epoch_images = epoch, 0, 0
-            # the policy decides what trains this epoch; frozen layers stay in eval mode
-            trainable = policy.trainable_groups(group_names, epoch)
-            model.set_keep_in_eval(apply_trainable(model, backbone, trainable, config.bn_mode, policy))
-            model.train()
-            run.train_loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            started = time.perf_counter()
-            callbacks.on_epoch_start(run)
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, config.epochs):
+                resumed = state is not None and epoch == start_epoch and start_step > 0
+                run.epoch, run.epoch_step = epoch, start_step if resumed else 0
+                run.epoch_images = state.record["epoch_images"] if resumed else 0
+                # the policy decides what trains this epoch; frozen layers stay in eval mode
+                trainable = policy.trainable_groups(group_names, epoch)
+                model.set_keep_in_eval(apply_trainable(model, backbone, trainable, config.bn_mode, policy))
+                if trainable != trainable_now:  # DDP must see the new set of trainable parameters
+                    step_model, trainable_now = distributed.wrap(train_module, place, device), trainable
+                step_model.train()
+                model.train()
+                run.train_loss_sum = (
+                    running.get("loss_sum", torch.zeros(())).to(device, torch.float64)
+                    if resumed
+                    else torch.zeros((), device=device, dtype=torch.float64)
+                )
+                correct = (
+                    running.get("correct", torch.zeros(())).to(device, torch.int64)
+                    if resumed
+                    else torch.zeros((), device=device, dtype=torch.int64)
+                )
+                train_sampler.set_epoch(epoch, run.epoch_step * config.batch_size)
+                started = time.perf_counter()
+                callbacks.on_epoch_start(run)
 
-            for images, labels in train_loader:
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = step_model(images)
-                    loss = criterion(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters must get no update at all
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[-1]["lr"]  # the rate this step used (the head's)
-                scheduler.step()
-                # accumulate on the device: no host synchronisation per step
-                run.train_loss_sum += loss.detach() * labels.numel()
-                correct += (logits.detach().argmax(dim=1) == labels).sum()
-                run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
-                run.epoch_images += len(labels)
-                callbacks.on_train_batch_end(run)
+                for images, labels in train_loader:
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = step_model(images)
+                        loss = criterion(logits.float(), labels)
+                    optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters get no update at all
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    # accumulate on the device: no host synchronisation per step
+                    run.train_loss_sum += loss.detach() * labels.numel()
+                    correct += (logits.detach().argmax(dim=1) == labels).sum()
+                    run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
+                    run.epoch_images += len(labels)
+                    callbacks.on_train_batch_end(run)
+                    if stop.requested:  # Ctrl-C or SIGTERM: stop at this step boundary
+                        break
 
-            train_loss, train_acc = float(run.train_loss_sum) / run.epoch_images, int(correct) / run.epoch_images
-            train_seconds = time.perf_counter() - started
-            for cache in caches:
-                cache.check(key)
-            val_loss, val_acc = evaluate(step_model, val_loader, val_criterion, device, amp_dtype)
-            metrics = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": lr,
-                "trainable_groups": list(trainable),
-                "images_per_second": run.epoch_images / train_seconds,
-                "seconds": time.perf_counter() - started,
-            }
-            run.history.append(metrics)
-            callbacks.on_epoch_end(run, metrics)
-            if run.should_stop:
-                break
+                train_seconds = time.perf_counter() - started
+                val = (
+                    None
+                    if stop.requested
+                    else evaluate(model if train_module is model else head, val_loader, device, amp_dtype, stop)
+                )
+                if distributed.broadcast_flag(val is None, place, device):
+                    raise _interrupt(run, stop, state_args=(scaler, callbacks, correct))
+                totals = distributed.sum_across(
+                    [run.train_loss_sum, correct, run.epoch_images, val[0], val[1], val[2]], place, device
+                )
+                metrics = {
+                    "epoch": epoch + 1,
+                    "train_loss": totals[0] / totals[2],
+                    "train_acc": totals[1] / totals[2],
+                    "val_loss": totals[3] / totals[5],
+                    "val_acc": totals[4] / totals[5],
+                    "lr": _rate_of_step(optimizer, scheduler, run.step - 1),
+                    "trainable_groups": list(trainable),
+                    "images_per_second": totals[2] / max(train_seconds, 1e-9),
+                    "seconds": time.perf_counter() - started,
+                }
+                run.history.append(metrics)
+                callbacks.on_epoch_end(run, metrics)
+                run.epoch_step, run.epoch_images = 0, 0
+                if place.is_main:
+                    _save(run, epoch + 1, scaler, callbacks, {})
+                if distributed.broadcast_flag(run.should_stop, place, device):
+                    break
     finally:
         remove_spill_files(*caches)
 
     callbacks.on_fit_end(run)
-    return RunResult(output_dir, run.history, config)
+    distributed.teardown(place)
+    return RunResult(output_dir, run.history, config, model)
+
+
+def _rate_of_step(optimizer: torch.optim.Optimizer, scheduler, step: int) -> float:
+    """The head's learning rate at optimizer step ``step`` (the scheduler has already moved past it)."""
+    return optimizer.param_groups[-1]["initial_lr"] * scheduler.lr_lambdas[-1](max(step, 0))
+
+
+def _save(run: RunState, epoch: int, scaler, callbacks: CallbackList, running: dict) -> None:
+    """Write the resumable state: ``epoch`` is the one to continue with, at ``run.epoch_step``."""
+    save_train_state(
+        run.output_dir / STATE_FILE,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        scaler=scaler,
+        callbacks=callbacks.callbacks,
+        running=running,
+        record={
+            "epoch": epoch,
+            "epoch_step": run.epoch_step,
+            "step": run.step,
+            "epoch_images": run.epoch_images,
+            "history": run.history,
+            "config": run.config.to_dict(),
+        },
+    )
+
+
+def _interrupt(run: RunState, stop: StopRequest, state_args) -> RunInterrupted:
+    """Save a mid-epoch state and build the message that says how to resume."""
+    scaler, callbacks, correct = state_args
+    if run.place.is_main:
+        _save(run, run.epoch, scaler, callbacks, {"loss_sum": run.train_loss_sum, "correct": correct})
+    return RunInterrupted(
+        f"interrupted by {stop.signal_name or 'a signal'} at epoch {run.epoch + 1}, step {run.epoch_step} of "
+        f"{run.steps_per_epoch}; state saved; resume with: tlcore run --resume {run.output_dir}"
+    )

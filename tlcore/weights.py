@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,9 @@ def load_into_backbone(backbone: Backbone, tensors: dict[str, torch.Tensor], sou
             f"weights from {source} do not fit backbone {backbone.name}: {matched_required} of {len(required)} "
             f"tensors matched; {'; '.join(details)}"
         )
+    # keep the module's own state-dict metadata: some loaders (MNASNet) read the version it records
+    matched = OrderedDict(matched)
+    matched._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     backbone.module.load_state_dict(matched, strict=False)
     skipped = len(tensors) - len(matched)
     return f"{len(matched)} tensors loaded from {source}" + (f", {skipped} not used" if skipped else "")

@@ -31,6 +31,13 @@ class Callback:
     def on_fit_end(self, run: RunState) -> None:
         """Once after the last epoch (or an early stop), before fit returns."""
 
+    def state_dict(self) -> dict:
+        """JSON-ready state to save with a resumable run (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned, when a run resumes."""
+
 
 class CallbackList:
     """Calls every callback in order; an exception is re-raised naming the callback that raised it."""

@@ -5,13 +5,14 @@ Registered through ``tlcore_register_callbacks`` like any plugin's.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
 
 from tlcore.callbacks.base import Callback
 from tlcore.checkpoint import save_checkpoint
-from tlcore.files import append_json_line
+from tlcore.files import append_json_line, atomic_write_bytes
 from tlcore.hookspecs import hookimpl
 from tlcore.registry import Register
 from tlcore.state import RunState
@@ -100,6 +101,11 @@ class MetricsLog(Callback):
 
     name = "metrics"
 
+    def on_fit_start(self, run: RunState) -> None:
+        """A resumed run rewrites the log from its saved history, dropping lines of epochs it will redo."""
+        if run.history:
+            atomic_write_bytes(run.output_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.history).encode())
+
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
         """Append the epoch's metrics."""
         append_json_line(run.output_dir / "metrics.jsonl", metrics)
@@ -112,6 +118,15 @@ class Checkpoint(Callback):
 
     def __init__(self):
         self.best_acc = float("-inf")
+
+    def state_dict(self) -> dict:
+        """The best val_acc so far (None before the first epoch)."""
+        return {"best_acc": None if self.best_acc == float("-inf") else self.best_acc}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the best val_acc."""
+        if state.get("best_acc") is not None:
+            self.best_acc = state["best_acc"]
 
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
         """Save the model with everything needed to rebuild it."""
@@ -131,6 +146,16 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.best = float("-inf")
         self.waited = 0
+
+    def state_dict(self) -> dict:
+        """Best val_acc and epochs waited."""
+        return {"best": None if self.best == float("-inf") else self.best, "waited": self.waited}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the count."""
+        if state.get("best") is not None:
+            self.best = state["best"]
+        self.waited = state.get("waited", 0)
 
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
         """Count epochs without improvement."""

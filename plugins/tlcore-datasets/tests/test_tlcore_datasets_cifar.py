@@ -189,7 +189,9 @@ def test_partial_folder_names_missing_files(tmp_path):
 
 def test_missing_download_unreachable(tmp_path, monkeypatch):
     # A closed local port: the download fails at once, as it does on a machine without network.
-    monkeypatch.setitem(cifar.SPECS, "cifar100", dataclasses.replace(cifar.SPECS["cifar100"], url="http://127.0.0.1:9/x.tgz"))
+    monkeypatch.setitem(
+        cifar.SPECS, "cifar100", dataclasses.replace(cifar.SPECS["cifar100"], url="http://127.0.0.1:9/x.tgz")
+    )
     start = time.monotonic()
     with pytest.raises(DataError) as info:
         load_cifar100("cifar100", options(tmp_path, download=True))

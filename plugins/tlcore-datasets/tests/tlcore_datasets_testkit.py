@@ -71,8 +71,12 @@ def make_cifar10(folder: Path, per_batch: int = 3, test: int = 4, str_keys: bool
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for seed, file in enumerate(files):
         data, labels = cifar_batch(test if file == "test_batch" else per_batch, 10, seed)
-        content = {key("batch_label"): key(f"batch {seed}"), key("labels"): labels, key("data"): data,
-                   key("filenames"): [key(f"img_{seed}_{i}.png") for i in range(len(labels))]}
+        content = {
+            key("batch_label"): key(f"batch {seed}"),
+            key("labels"): labels,
+            key("data"): data,
+            key("filenames"): [key(f"img_{seed}_{i}.png") for i in range(len(labels))],
+        }
         dump(content, folder / file)
         written[file] = (data, labels)
     meta = {key("label_names"): [key(n) for n in names], key("num_cases_per_batch"): per_batch, key("num_vis"): 3072}
@@ -90,8 +94,13 @@ def make_cifar100(folder: Path, train: int = 6, test: int = 4, str_keys: bool = 
     written = {}
     for seed, (file, n) in enumerate([("train", train), ("test", test)]):
         data, labels = cifar_batch(n, 100, seed + 95)  # labels wrap past 99 to exercise the full range
-        content = {key("filenames"): [key(f"x{i}.png") for i in range(n)], key("batch_label"): key(file),
-                   key("fine_labels"): labels, key("coarse_labels"): [label // 5 for label in labels], key("data"): data}
+        content = {
+            key("filenames"): [key(f"x{i}.png") for i in range(n)],
+            key("batch_label"): key(file),
+            key("fine_labels"): labels,
+            key("coarse_labels"): [label // 5 for label in labels],
+            key("data"): data,
+        }
         dump(content, folder / file)
         written[file] = (data, labels)
     meta = {key("fine_label_names"): [key(n) for n in fine], key("coarse_label_names"): [key(f"c{i}") for i in range(20)]}

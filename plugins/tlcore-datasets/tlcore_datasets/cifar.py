@@ -311,9 +311,7 @@ def read_batch(path: Path, spec: CifarSpec, num_classes: int) -> tuple[np.ndarra
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{path}: labels must lie in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}"
-        )
+        raise DataError(f"{path}: labels must lie in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
     return data, labels.astype(np.int64)
 
 

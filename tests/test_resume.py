@@ -1,0 +1,106 @@
+"""Exact resume after Ctrl-C or SIGTERM, across an unfreezing milestone, with the same weights and metrics."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import tlcore
+from tlcore.callbacks import Callback
+from tlcore.checkpoint import read_checkpoint
+from tlcore.interrupt import RunInterrupted
+from tlcore.train import fit, resume
+
+TIMELESS = ("seconds", "images_per_second")
+
+
+def timeless(history):
+    return [{k: v for k, v in m.items() if k not in TIMELESS} for m in history]
+
+
+class SendSignal(Callback):
+    """Sends signals to this process after a given step of a given epoch."""
+
+    def __init__(self, epoch, step, signals):
+        self.epoch, self.step, self.signals = epoch, step, signals
+
+    def on_train_batch_end(self, run):
+        if (run.epoch, run.epoch_step) == (self.epoch, self.step):
+            for number in self.signals:
+                os.kill(os.getpid(), number)
+
+
+def signal_plugin(epoch, step, signals=(signal.SIGINT,)):
+    class SignalPlugin:
+        @tlcore.hookimpl
+        def tlcore_register_callbacks(self, register):
+            register("test:signal", lambda config: SendSignal(epoch, step, signals))
+
+    return SignalPlugin()
+
+
+# gradual unfreezing from epoch 2, dropout in the head and augmentation: every source of state is exercised
+SETTINGS = dict(
+    freeze="gradual",
+    unfreeze_start=1,
+    epochs=3,
+    head="mlp",
+    head_hidden=8,
+    head_dropout=0.3,
+    augment="standard",
+    schedule="onecycle",
+    batch_size=8,
+)
+
+
+@pytest.mark.parametrize("stop_at", [(1, 2), (1, 5), (2, 1)], ids=["mid-epoch", "before-validation", "after-milestone"])
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_resume_matches_the_uninterrupted_run(host, tiny_config, tmp_path, stop_at, signal_number):
+    whole = fit(tiny_config(output=str(tmp_path / "whole"), **SETTINGS), host)
+    host.register(signal_plugin(*stop_at, signals=(signal_number,)), "signal")
+    config = tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], **SETTINGS)
+    with pytest.raises(
+        RunInterrupted,
+        match=rf"at epoch {stop_at[0] + 1}, step {stop_at[1]} of 5; state saved; "
+        rf"resume with: tlcore run --resume {tmp_path / 'cut'}",
+    ):
+        fit(config, host)
+    host.unregister("signal")
+    host.register(signal_plugin(-1, -1), "signal")  # the resumed run asks for the same callbacks
+    resumed = resume(tmp_path / "cut", host)
+    assert timeless(resumed.history) == timeless(whole.history)
+    a, _ = read_checkpoint(whole.output_dir / "last.safetensors")
+    b, _ = read_checkpoint(resumed.output_dir / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(line) for line in (resumed.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+
+
+def test_cli_interrupt_then_resume(host, tiny_config, tmp_path, capsys):
+    from tests.test_cli import TINY, run_cli
+
+    host.register(signal_plugin(0, 2), "signal")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", *TINY, "--epochs", "2", "--callbacks", "+test:signal", "--output", str(out)], capsys)
+    assert code == 130 and "Traceback" not in err
+    assert (
+        f"tlcore: interrupted by SIGINT at epoch 1, step 2 of 5; state saved; resume with: tlcore run --resume {out}" in err
+    )
+    code, _, err = run_cli(["run", "--resume", str(out), "--epochs", "5"], capsys)
+    assert code == 2 and "give no other options with it" in err
+    code, _, err = run_cli(["run", "--resume", str(out)], capsys)
+    assert code == 0, err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    code, _, err = run_cli(["run", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "holds no train_state.safetensors" in err
+
+
+def test_second_ctrl_c_stops_at_once(host, tmp_path, capsys):
+    from tests.test_cli import TINY, run_cli
+
+    host.register(signal_plugin(0, 1, signals=(signal.SIGINT, signal.SIGINT)), "signal")
+    code, _, err = run_cli(["run", *TINY, "--callbacks", "+test:signal", "--output", str(tmp_path / "r")], capsys)
+    assert code == 130 and err.strip().splitlines()[-1] == "tlcore: interrupted" and "Traceback" not in err, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back

@@ -1,0 +1,90 @@
+"""Scale-out through torch.distributed: `torchrun --nproc-per-node N -m tlcore run ...`.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE above 1 the
+run joins the process group (NCCL on CUDA, gloo on CPU), trains with
+DistributedDataParallel, reduces its metrics across processes, and only rank
+0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True in a multi-process run."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True for the one process that writes files and prints."""
+        return self.rank == 0
+
+
+def setup(device: torch.device) -> Distributed:
+    """Join the process group when torchrun started several processes; a no-op otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    place = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return place
+
+
+def local_device(device: torch.device, place: Distributed) -> torch.device:
+    """On CUDA, each process takes the GPU of its local rank."""
+    if place.enabled and device.type == "cuda":
+        torch.cuda.set_device(place.local_rank)
+        return torch.device("cuda", place.local_rank)
+    return device
+
+
+def wrap(model: nn.Module, place: Distributed, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the parameters that train now.
+
+    Called again whenever the trainable set changes (unfreezing): DDP fixes
+    its gradient buckets at construction, while the optimizer's groups stay
+    as they are.
+    """
+    if not place.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def sum_across(values: list[torch.Tensor | float | int], place: Distributed, device: torch.device) -> list[float]:
+    """Add numbers over all processes (one collective); returns plain floats."""
+    packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    if place.enabled:
+        dist.all_reduce(packed)
+    return packed.tolist()
+
+
+def broadcast_flag(flag: bool, place: Distributed, device: torch.device) -> bool:
+    """Rank 0's decision (early stopping, interruption), shared with every process."""
+    if not place.enabled:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def teardown(place: Distributed) -> None:
+    """Leave the process group."""
+    if place.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,223 @@
+"""Exporting a checkpoint for use without tlcore: TorchScript, torch.export (.pt2) and ONNX.
+
+Every artifact takes *normalised* float input ``(N, 3, S, S)`` (NCHW, any
+batch size) and returns logits ``(N, classes)``. How to get there from an image
+(resize, centre-crop, scale, normalise) and the class names are written beside
+it as ``<artifact>.json`` and embedded in it (an extra file ``tlcore.json`` in
+TorchScript and .pt2 archives, metadata in ONNX).
+
+Each export is loaded back and compared with the checkpoint's model on sample
+inputs of another batch size before the file is moved into place, so a file
+that exists was checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlcore.errors import ConfigError, PluginError
+from tlcore.files import FILE_MODE, atomic_write_json
+from tlcore.inference import Predictor, load_checkpoint
+from tlcore.plugins import PluginHost
+
+FORMATS = {"torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # exporter (onnx + onnxscript) and the check (onnxruntime)
+ATOL = 1e-4
+RTOL = 1e-4
+TRACE_BATCH, CHECK_BATCH = 2, 3  # checked on another batch size than traced: the batch dimension must stay free
+METADATA_NAME = "tlcore.json"
+
+
+@dataclass
+class ExportResult:
+    """Where an export went and how closely it matches the checkpoint."""
+
+    path: Path
+    sidecar: Path
+    format: str
+    max_abs_diff: float
+    checked_shape: tuple[int, ...]
+
+
+def export_checkpoint(
+    checkpoint: str | Path, fmt: str, output: str | Path | None = None, host: PluginHost | None = None
+) -> ExportResult:
+    """Export a checkpoint to ``fmt`` (torchscript, pt2 or onnx), check it numerically, write it and its sidecar JSON.
+
+    ``output`` defaults to the checkpoint's name with the format's suffix
+    (``best.pt2``); an existing file there is replaced.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format {fmt!r} is not accepted; accepted: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()
+    predictor = load_checkpoint(checkpoint, device="cpu", host=host)
+    target = Path(output).expanduser() if output else predictor.path.with_name(predictor.path.stem + FORMATS[fmt])
+    if target.resolve() == predictor.path.resolve():
+        raise ConfigError(f"export output {target} is the checkpoint itself; choose another --output")
+    if not target.parent.is_dir():
+        raise ConfigError(f"cannot write {target}: folder {target.parent} does not exist")
+    metadata = export_metadata(predictor, fmt, target)
+    exporter, loader = EXPORTERS[fmt]
+    model = predictor.model.eval()
+    generator = torch.Generator().manual_seed(0)
+    size = predictor.image_size
+    sample = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
+    check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
+
+    # the temporary name keeps the suffix: torch.export.load insists on .pt2
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + target.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            exporter(model, sample, tmp, metadata)
+            run = loader(tmp)
+            with torch.no_grad():
+                expected = model(check).float()
+                actual = torch.as_tensor(run(check)).float()
+        except (ConfigError, PluginError):
+            raise
+        except Exception as error:  # tracing/export failures come in many types; all mean "this model does not export"
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise PluginError(
+                f"backbone {predictor.info.backbone} could not be exported to {fmt}: {type(error).__name__}: {first}"
+            ) from error
+        difference = verify_outputs(expected, actual, fmt, predictor.info.backbone)
+        metadata["verified"] = {"max_abs_diff": difference, "atol": ATOL, "rtol": RTOL, "input_shape": list(check.shape)}
+        os.chmod(tmp, FILE_MODE)  # mkstemp made it 0600
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar = target.with_name(target.name + ".json")
+    atomic_write_json(sidecar, metadata)
+    return ExportResult(target, sidecar, fmt, difference, tuple(check.shape))
+
+
+def verify_outputs(expected: torch.Tensor, actual: torch.Tensor, fmt: str, backbone: str) -> float:
+    """The largest absolute difference; PluginError when the export does not reproduce the checkpoint's logits."""
+    if actual.shape != expected.shape:
+        raise PluginError(
+            f"the {fmt} export of {backbone} gives shape {tuple(actual.shape)}, the checkpoint {tuple(expected.shape)}"
+        )
+    difference = float((actual - expected).abs().max())
+    if not torch.allclose(actual, expected, atol=ATOL, rtol=RTOL):
+        raise PluginError(
+            f"the {fmt} export of {backbone} does not reproduce the checkpoint's logits "
+            f"(max |difference| {difference:.2e} > atol {ATOL:g}); it was not written"
+        )
+    return difference
+
+
+def export_metadata(predictor: Predictor, fmt: str, target: Path) -> dict[str, Any]:
+    """What a user of the artifact needs: input layout, preprocessing steps, class names, provenance."""
+    pre = predictor.preprocessing
+    size = predictor.image_size
+    info = predictor.info
+    return {
+        "format": "tlcore-export",
+        "format_version": 1,
+        "export_format": fmt,
+        "file": target.name,
+        "classes": list(predictor.classes),
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": "logits", "shape": ["batch", len(predictor.classes)]},
+        "preprocessing": {
+            # the same steps as training validation (tlcore.data.build_transform with train=False)
+            "steps": "RGB; resize shorter side to resize_to; centre-crop image_size; scale to [0, 1]; (x - mean) / std",
+            "resize_to": max(size, int(round(size / pre.crop_pct))),
+            "image_size": size,
+            "interpolation": pre.interpolation,
+            "antialias": True,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+        },
+        "backbone": info.backbone,
+        "head": info.head,
+        "epoch": info.epoch,
+        "metrics": info.metrics,
+        "checkpoint": str(predictor.path),
+        "torch": torch.__version__,
+    }
+
+
+def require_onnx() -> None:
+    """ConfigError saying what to install when the optional ONNX packages are missing."""
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"ONNX export needs the packages {', '.join(ONNX_PACKAGES)} ({', '.join(missing)} not installed); "
+            f"install them with: pip install {' '.join(ONNX_PACKAGES)}"
+        )
+
+
+# -- one exporter and one loader per format ----------------------------------
+
+
+def _export_torchscript(model: torch.nn.Module, sample: torch.Tensor, path: Path, metadata: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates jit; the numeric check is what we rely on
+        traced = torch.jit.trace(model, sample)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
+
+
+def _load_torchscript(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def _export_pt2(model: torch.nn.Module, sample: torch.Tensor, path: Path, metadata: dict) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path), extra_files={METADATA_NAME: json.dumps(metadata)})
+
+
+def _load_pt2(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    return torch.export.load(str(path)).module()
+
+
+def _export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, metadata: dict) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter is chatty about opsets and decompositions
+        program = torch.onnx.export(
+            model,
+            (sample,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, json.dumps(metadata)
+    onnx.save_model(proto, str(path))
+
+
+def _load_onnx(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+
+
+EXPORTERS = {
+    "torchscript": (_export_torchscript, _load_torchscript),
+    "pt2": (_export_pt2, _load_pt2),
+    "onnx": (_export_onnx, _load_onnx),
+}
