@@ -84,6 +84,19 @@ def broadcast_flag(flag: bool, place: Distributed, device: torch.device) -> bool
     return bool(value.item())
 
 
+def sync_buffers(model: nn.Module, place: Distributed) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics).
+
+    DDP broadcasts buffers at the start of each forward, so after the last
+    training step each process holds the statistics of its own last batch;
+    validation and checkpoints must all see the same ones.
+    """
+    if not place.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def teardown(place: Distributed) -> None:
     """Leave the process group."""
     if place.enabled and dist.is_initialized():

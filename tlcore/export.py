@@ -155,8 +155,9 @@ def require_onnx() -> None:
     """ConfigError saying what to install when the optional ONNX packages are missing."""
     missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
+        state = "which are not installed" if len(missing) == len(ONNX_PACKAGES) else f"and {', '.join(missing)} is missing"
         raise ConfigError(
-            f"ONNX export needs the packages {', '.join(ONNX_PACKAGES)} ({', '.join(missing)} not installed); "
+            f"ONNX export needs the packages {', '.join(ONNX_PACKAGES)}, {state}; "
             f"install them with: pip install {' '.join(ONNX_PACKAGES)}"
         )
 

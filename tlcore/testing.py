@@ -134,3 +134,7 @@ def write_image_folder(root, classes=("ants", "bees"), per_class: int = 6, size:
                 pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8) + np.uint8(index * 150 // len(classes))
                 Image.fromarray(pixels).save(folder / f"{name}_{item}.jpg", quality=90)
     return Path(root)
+
+
+# An instance, so the tiny plugin can be named in an entry point: tlcore.testing:tiny_plugin
+tiny_plugin = TinyPlugin()

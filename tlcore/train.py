@@ -281,6 +281,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                         break
 
                 train_seconds = time.perf_counter() - started
+                distributed.sync_buffers(model, place)
                 val = (
                     None
                     if stop.requested

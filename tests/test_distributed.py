@@ -1,0 +1,68 @@
+"""Scale-out with torch.distributed: two CPU processes (gloo) through torchrun."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+pytestmark = pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not found")
+
+SCRIPT = """
+import os, sys, torch
+from tlcore.config import build_config
+from tlcore.plugins import reset_host
+from tlcore.testing import TinyPlugin
+from tlcore.train import fit
+
+torch.set_num_threads(1)
+host = reset_host(load_installed=False)
+host.register(TinyPlugin(), "tiny")
+config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=3, batch_size=4,
+                                     freeze="gradual", unfreeze_start=1, output=sys.argv[1], callbacks=["-progress"]))
+result = fit(config, host)
+torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def torchrun(*args, env=None):
+    command = [str(TORCHRUN) if TORCHRUN.exists() else "torchrun", "--standalone", "--nproc-per-node", "2", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=full_env)
+
+
+def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "run"
+    done = torchrun(str(script), str(out), str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]  # one writer: one line per epoch
+    assert lines[1]["trainable_groups"] == ["stage2"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved"]["train_images"] == 36
+
+
+def test_torchrun_dash_m_tlcore_run(tmp_path):
+    site = tmp_path / "site"
+    dist_info = site / "tlcore_tiny_example-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tlcore-tiny-example\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text("[tlcore]\ntiny = tlcore.testing:tiny_plugin\n")
+    out = tmp_path / "run"
+    done = torchrun("-m", "tlcore", "run", "--backbone", "test:tiny", "--dataset", "test:shapes", "--weights", "none",
+                    "--epochs", "2", "--batch-size", "4", "--output", str(out),
+                    env={"PYTHONPATH": str(site), "TLCORE_PLUGINS": "tiny"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "best.safetensors").exists()
+    assert done.stderr.count("writing ") == 1  # only rank 0 prints and writes
