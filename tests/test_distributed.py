@@ -59,9 +59,24 @@ def test_torchrun_dash_m_tlcore_run(tmp_path):
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tlcore-tiny-example\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text("[tlcore]\ntiny = tlcore.testing:tiny_plugin\n")
     out = tmp_path / "run"
-    done = torchrun("-m", "tlcore", "run", "--backbone", "test:tiny", "--dataset", "test:shapes", "--weights", "none",
-                    "--epochs", "2", "--batch-size", "4", "--output", str(out),
-                    env={"PYTHONPATH": str(site), "TLCORE_PLUGINS": "tiny"})
+    done = torchrun(
+        "-m",
+        "tlcore",
+        "run",
+        "--backbone",
+        "test:tiny",
+        "--dataset",
+        "test:shapes",
+        "--weights",
+        "none",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--output",
+        str(out),
+        env={"PYTHONPATH": str(site), "TLCORE_PLUGINS": "tiny"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "best.safetensors").exists()

@@ -53,7 +53,9 @@ def test_resnet18_on_cifar10_writes_the_run_folder(tmp_path):
         out,
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors", "metrics.jsonl"]
+    assert {"best.safetensors", "config.json", "last.safetensors", "metrics.jsonl", "train_state.safetensors"} <= {
+        p.name for p in out.iterdir()
+    }
     config = json.loads((out / "config.json").read_text())
     assert config["resolved"]["train_images"] == 40 and config["resolved"]["val_images"] == 16
     assert "datasets" in config["plugins"] and "torchvision" in config["plugins"]

@@ -107,7 +107,7 @@ def test_callbacks_can_be_deselected(host, tiny_config):
     assert not (result.output_dir / "last.safetensors").exists()
     assert (result.output_dir / "metrics.jsonl").exists()
     result = fit(tiny_config(callbacks=["metrics"], output=str(result.output_dir.parent / "only-metrics")), host)
-    assert sorted(p.name for p in result.output_dir.iterdir()) == ["config.json", "metrics.jsonl"]
+    assert sorted(p.name for p in result.output_dir.iterdir()) == ["config.json", "metrics.jsonl", "train_state.safetensors"]
 
 
 def test_checkpoint_metadata_alone_describes_the_model(host, tiny_config):

@@ -44,7 +44,7 @@ class RunConfig:
     # how long and how
     epochs: int = 3
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     optimizer: str = "adamw"
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.01  # not applied to biases and norm weights
@@ -69,6 +69,8 @@ class RunConfig:
     callbacks: list[str] = field(default_factory=list)  # empty: the defaults; "+name" adds, "-name" removes
     early_stopping_patience: int = 0  # epochs without val_acc improvement before stopping; 0 turns it off
     download: bool = True  # let datasets fetch missing files when the network allows
+    strict: bool = False  # stop at an undecodable image instead of skipping it
+    skip_nonfinite: bool = False  # skip batches whose loss is NaN or infinite (one host sync per step)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
@@ -116,6 +118,8 @@ HELP = {
     "callbacks": "comma list of callbacks; +name / -name edit the defaults",
     "early_stopping_patience": "stop after this many epochs without a val_acc gain (0: never)",
     "download": "let datasets fetch missing files when the network allows",
+    "strict": "stop at the first undecodable image instead of skipping it (skipped images are counted)",
+    "skip_nonfinite": "skip batches whose loss is NaN or infinite instead of stopping (costs a host sync per step)",
 }
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TYPES = get_type_hints(RunConfig)

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import InterpolationMode, v2
 
 from tlcore.backbone import Preprocessing
 from tlcore.dataset import TensorImageDataset
+from tlcore.errors import DataError
 
 TRAIN_CROP_SCALE = (0.35, 1.0)  # milder than ImageNet's (0.08, 1): fine-tuning sets are small
 
@@ -59,6 +61,23 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_000_033 + index & (2**63 - 1)
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for an image that could not be decoded; the loop skips it (or stops under --strict)."""
+
+    reason: str  # names the file
+
+
+def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the readable items; return the reasons for the unreadable ones beside them."""
+    unreadable = [item.reason for item in items if isinstance(item, Unreadable)]
+    readable = [item for item in items if not isinstance(item, Unreadable)]
+    if not readable:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), unreadable
+    images, labels = default_collate(readable)
+    return images, labels, unreadable
+
+
 class TransformedDataset(Dataset):
     """Applies colour conversion and a transform to a plugin's dataset, lazily per item.
 
@@ -68,23 +87,31 @@ class TransformedDataset(Dataset):
     resumed run sees exactly what the uninterrupted one would have.
     """
 
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0):
+    def __init__(
+        self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0, tolerant: bool = False
+    ):
         self.base = base
         self.transform = transform
         self.seed = seed
+        self.tolerant = tolerant  # return Unreadable for an image that cannot be decoded, instead of raising
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            image, label = self.base[key]
-            return self.transform(to_rgb(image)), int(label)
-        epoch, index = key
-        image, label = self.base[index]
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        try:
+            image, label = self.base[index]
+            image = to_rgb(image)
+        except (DataError, OSError, ValueError) as error:  # a truncated or corrupt file, as the dataset reports it
+            if not self.tolerant:
+                raise
+            return Unreadable(str(error) if isinstance(error, DataError) else f"image {index}: {error}")
+        if epoch is None:
+            return self.transform(image), int(label)
         with torch.random.fork_rng(devices=[]):  # the CPU generator only; the caller's stream is left as it was
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(to_rgb(image)), int(label)
+            return self.transform(image), int(label)
 
 
 class KeyedDataset(Dataset):
@@ -160,7 +187,9 @@ def default_workers(dataset: Dataset, requested: int | None) -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, workers: int, pin_memory: bool) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, sampler: Sampler | None, workers: int, pin_memory: bool, collate_fn=None
+) -> DataLoader:
     """A DataLoader over ``sampler``'s keys (None: dataset order); the sampler alone decides the order."""
     return DataLoader(
         dataset,
@@ -169,6 +198,7 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, work
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
+        collate_fn=collate_fn,
         # its own generator: without one, each new iterator draws from the global stream, and a resumed run
         # (which makes one iterator more) would see different dropout than the run it continues
         generator=torch.Generator().manual_seed(0),

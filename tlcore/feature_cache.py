@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tlcore.errors import DataError
+
 MEMORY_SHARE = 0.5  # the cache may take up to this share of the memory available when it is built
 
 
@@ -81,7 +83,9 @@ def compute_features(
     labels = torch.empty(count, dtype=torch.int64)
     spilled_to = None
     start = 0
-    for images, batch_labels in loader:
+    for images, batch_labels, *unreadable in loader:
+        if unreadable and unreadable[0]:  # a cache must cover every image: no silent gaps
+            raise DataError(f"{unreadable[0][0]}; --cache-features needs every image readable: remove or fix it")
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             batch = backbone(images.to(device, non_blocking=True)).float().cpu()
         if features is None:  # the width is known after the first batch

@@ -37,6 +37,8 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     should_stop: bool = False
     stop_reason: str = ""
+    unreadable: list[str] = field(default_factory=list)  # why each skipped image could not be read, first seen first
+    nonfinite_batches: int = 0  # batches skipped for a NaN or infinite loss (--skip-nonfinite)
     place: Distributed = field(default_factory=Distributed)  # rank and world size in a torch.distributed run
 
     def checkpoint_info(self, metrics: dict) -> CheckpointInfo:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,17 @@ from tlcore.build import (
 )
 from tlcore.callbacks.base import CallbackList
 from tlcore.config import RunConfig, build_config
-from tlcore.data import EpochSampler, KeyedDataset, TransformedDataset, build_transform, default_workers, make_loader
+from tlcore.data import (
+    EpochSampler,
+    KeyedDataset,
+    TransformedDataset,
+    build_transform,
+    collate_skipping,
+    default_workers,
+    make_loader,
+)
 from tlcore.device import autocast_dtype, pick_device
-from tlcore.errors import ConfigError
+from tlcore.errors import ConfigError, DataError, TlcoreError
 from tlcore.feature_cache import compute_features, fingerprint, remove_spill_files
 from tlcore.freeze import Phase, apply_trainable, policy_phases
 from tlcore.interrupt import RunInterrupted, StopRequest
@@ -77,9 +86,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, stop: St
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    for images, labels in loader:
+    for images, labels, *_ in loader:  # unreadable validation images were noted by the dataset and left out
         if stop is not None and stop.requested:
             return None
+        if labels.numel() == 0:
+            continue
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -88,6 +99,31 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, stop: St
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += labels.numel()
     return loss_sum, correct, seen
+
+
+class NonFiniteLoss(TlcoreError):
+    """The loss became NaN or infinite."""
+
+
+def note_unreadable(run: RunState, reasons: list[str], strict: bool) -> None:
+    """Remember images that could not be decoded; under --strict the first one stops the run."""
+    if reasons and strict:
+        raise DataError(f"{reasons[0]}; stopped by --strict (without it, such images are skipped and counted)")
+    for reason in reasons:
+        if reason not in run.unreadable:
+            run.unreadable.append(reason)
+
+
+def check_free_space(output_dir: Path, model: nn.Module, optimizer: str) -> None:
+    """Fail before training when the disk cannot hold the checkpoints and the training state."""
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    optimizer_copies = 2 if optimizer == "adamw" else 1  # AdamW keeps two moments per weight, SGD one momentum
+    needed = int(model_bytes * (2 + 1 + optimizer_copies) * 1.2) + (16 << 20)  # best, last, state; 20% and 16 MB slack
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise ConfigError(
+            f"not enough free space in {output_dir}: checkpoints need about {needed >> 20} MB, {free >> 20} MB free"
+        )
 
 
 def check_cache_features(config: RunConfig, phases: list[Phase]) -> None:
@@ -136,8 +172,11 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
     # -- data: transforms follow the backbone's preprocessing; order and augmentation follow the seed ----
     pre, flip = backbone.preprocessing, data.flip_invariant
     augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
-    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip), config.seed)
-    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip), config.seed)
+    # undecodable images come back as Unreadable, so the main process decides: skip and count, or stop (--strict);
+    # an error raised inside a DataLoader worker would reach the user wrapped in the worker's traceback
+    tolerant = True
+    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip), config.seed, tolerant)
+    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip), config.seed, tolerant)
     needs_labels = config.class_weights is not None or config.balanced_sampler
     train_labels = dataset_labels(data.train) if needs_labels else None
     draw_weights = balanced_weights(train_labels, len(data.classes)) if config.balanced_sampler else None
@@ -145,8 +184,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
     val_sampler = EpochSampler(len(val_set), config.seed, False, None, place.rank, place.world_size, even=False)
     workers = default_workers(data.train, config.workers)
     pin = device.type == "cuda"
-    train_loader = make_loader(train_set, config.batch_size, train_sampler, workers, pin)
-    val_loader = make_loader(val_set, config.batch_size, val_sampler, workers, pin)
+    train_loader = make_loader(train_set, config.batch_size, train_sampler, workers, pin, collate_skipping)
+    val_loader = make_loader(val_set, config.batch_size, val_sampler, workers, pin, collate_skipping)
     steps_per_epoch = math.ceil(len(train_sampler) / config.batch_size)
 
     # -- optimisation: groups built once, whatever the policy unfreezes later -
@@ -162,6 +201,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
         output_dir = Path(resume_from)
     elif place.is_main:
         output_dir = create_output_dir(config)
+        check_free_space(output_dir, model, config.optimizer)
         write_run_config(
             output_dir,
             config,
@@ -218,8 +258,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
             for name, dataset in (("train", train_set), ("val", val_set))
         ]
         # the same samplers as the slow path: the same images in the same order
-        train_loader = make_loader(KeyedDataset(caches[0]), config.batch_size, train_sampler, 0, False)
-        val_loader = make_loader(KeyedDataset(caches[1]), config.batch_size, val_sampler, 0, False)
+        train_loader = make_loader(KeyedDataset(caches[0]), config.batch_size, train_sampler, 0, False, collate_skipping)
+        val_loader = make_loader(KeyedDataset(caches[1]), config.batch_size, val_sampler, 0, False, collate_skipping)
         train_module = head
 
     # -- resuming: every tensor, generator and counter as it was saved ------
@@ -257,15 +297,26 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     else torch.zeros((), device=device, dtype=torch.int64)
                 )
                 train_sampler.set_epoch(epoch, run.epoch_step * config.batch_size)
+                first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
                 started = time.perf_counter()
                 callbacks.on_epoch_start(run)
 
-                for images, labels in train_loader:
+                for images, labels, unreadable in train_loader:
+                    note_unreadable(run, unreadable, config.strict)
+                    if labels.numel() == 0:  # every image of the batch was unreadable
+                        continue
                     images = images.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         logits = step_model(images)
                         loss = criterion(logits.float(), labels)
+                    if config.skip_nonfinite and not torch.isfinite(loss):  # the one opt-in host sync per step
+                        run.nonfinite_batches += 1
+                        continue
+                    # no sync: the first non-finite step is remembered on the device and read at the epoch's end
+                    first_nonfinite = torch.where(
+                        (first_nonfinite < 0) & ~torch.isfinite(loss.detach()), run.epoch_step + 1, first_nonfinite
+                    )
                     optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters get no update at all
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -281,6 +332,11 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                         break
 
                 train_seconds = time.perf_counter() - started
+                if int(first_nonfinite) >= 0:  # the weights are damaged from that step on: stop before saving them
+                    raise NonFiniteLoss(
+                        f"the training loss became NaN or infinite at epoch {epoch + 1}, step {int(first_nonfinite)}; "
+                        "nothing after the last completed epoch was saved; lower --lr, or pass --skip-nonfinite"
+                    )
                 distributed.sync_buffers(model, place)
                 val = (
                     None
@@ -301,6 +357,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     "lr": _rate_of_step(optimizer, scheduler, run.step - 1),
                     "trainable_groups": list(trainable),
                     "images_per_second": totals[2] / max(train_seconds, 1e-9),
+                    "unreadable_images": len(run.unreadable),
+                    "nonfinite_batches": run.nonfinite_batches,
                     "seconds": time.perf_counter() - started,
                 }
                 run.history.append(metrics)

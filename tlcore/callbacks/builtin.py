@@ -84,7 +84,12 @@ class Progress(Callback):
         )
 
     def on_fit_end(self, run: RunState) -> None:
-        """Where the results are."""
+        """Where the results are, and what was skipped."""
+        if run.unreadable:
+            shown = "; ".join(run.unreadable[:3]) + (" …" if len(run.unreadable) > 3 else "")
+            print(f"tlcore: skipped {len(run.unreadable)} unreadable images: {shown}", file=self.stream)
+        if run.nonfinite_batches:
+            print(f"tlcore: skipped {run.nonfinite_batches} batches with a non-finite loss", file=self.stream)
         if run.stop_reason:
             print(f"tlcore: stopped early: {run.stop_reason}", file=self.stream)
         best = max(run.history, key=lambda m: m["val_acc"], default=None)
