@@ -17,7 +17,8 @@ pytest.importorskip("tlcore_datasets")
 
 def tlcore(*args, env=None, timeout=300):
     """Run ``python -m tlcore ARGS`` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # the viz plugin's report costs seconds per run and has its own tests
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TLCORE_DISABLE_PLUGINS": "viz", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tlcore", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env
     )

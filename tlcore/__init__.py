@@ -13,6 +13,24 @@ from tlcore.weights import PretrainedWeights
 
 __version__ = "0.1.0"
 
+# After-training API, imported on first use so `import tlcore` stays light.
+_LAZY = {
+    "load_checkpoint": "tlcore.inference",
+    "Predictor": "tlcore.inference",
+    "Prediction": "tlcore.inference",
+    "evaluate_checkpoint": "tlcore.evaluation",
+    "export_checkpoint": "tlcore.export",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tlcore' has no attribute {name!r}")
+
+
 __all__ = [
     "Backbone",
     "BackboneOptions",
@@ -22,12 +40,17 @@ __all__ = [
     "DatasetSplits",
     "LayerGroup",
     "PluginError",
+    "Prediction",
+    "Predictor",
     "Preprocessing",
     "PretrainedWeights",
     "TensorImageDataset",
     "TlcoreError",
     "WeightsError",
+    "evaluate_checkpoint",
+    "export_checkpoint",
     "hookimpl",
+    "load_checkpoint",
     "register",
     "registered",
     "unregister",

@@ -118,7 +118,7 @@ def tlcore_tiny_dataset() -> DatasetSplits:
 def tlcore_run(tlcore_host: PluginHost, tmp_path) -> Callable[..., RunResult]:
     """``run(**options) -> RunResult``: one epoch of the tiny backbone on the tiny dataset, on CPU, unless overridden.
 
-    Each call writes a new folder under ``tmp_path``. Progress output is off.
+    Each call writes a new folder under ``tmp_path``. Progress output is off; torch uses one thread during the run.
     """
     from tlcore.api import fit
     from tlcore.testing import TINY_BACKBONE, TINY_DATASET
@@ -126,6 +126,8 @@ def tlcore_run(tlcore_host: PluginHost, tmp_path) -> Callable[..., RunResult]:
     counter = itertools.count(1)
 
     def run(**options: Any) -> RunResult:
+        import torch
+
         values: dict[str, Any] = dict(
             backbone=TINY_BACKBONE,
             dataset=TINY_DATASET,
@@ -139,7 +141,13 @@ def tlcore_run(tlcore_host: PluginHost, tmp_path) -> Callable[..., RunResult]:
             output=str(tmp_path / f"tlcore-run-{next(counter)}"),
         )
         values.update(options)
-        return fit(host=tlcore_host, **values)
+        # One thread: tiny models gain nothing from more, and test runs sharing the cores would thrash.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fit(host=tlcore_host, **values)
+        finally:
+            torch.set_num_threads(threads)
 
     return run
 

@@ -1,0 +1,76 @@
+"""tlcore-viz: pictures of a run (curves, confusion matrix, predictions, top losses), report.html, TensorBoard.
+
+A tlcore plugin (entry point ``viz``). Its callbacks run by default once it
+is installed; ``tlcore report RUN_DIR`` rebuilds everything for a finished
+run. matplotlib is imported only when a picture is drawn, so loading the
+plugin costs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tlcore.hookspecs import hookimpl
+from tlcore.registry import Register
+from tlcore_viz import tensorboard
+
+__version__ = "0.1.0"
+
+
+def _curves(config):
+    from tlcore_viz.callbacks import Curves  # late: it pulls in tlcore's inference stack (torchvision)
+
+    return Curves()
+
+
+def _report(config):
+    from tlcore_viz.callbacks import Report
+
+    return Report()
+
+
+@hookimpl
+def tlcore_register_callbacks(register: Register) -> None:
+    """curves.png per epoch, the report at fit end; TensorBoard logs when tensorboard is installed."""
+    register("viz_curves", _curves, default=True, description="curves.png after every epoch")
+    register(
+        "viz_report",
+        _report,
+        default=True,
+        description="confusion.png, predictions.png, top_losses.png, report.html at the end",
+    )
+    on = tensorboard.available()
+    register(
+        "tensorboard",
+        tensorboard.make_tensorboard,
+        default=on,
+        description="TensorBoard scalars in <run>/tensorboard" + ("" if on else " (needs: pip install tensorboard)"),
+    )
+
+
+def report_command(
+    run_dir: Path = typer.Argument(..., help="a run folder (config.json, metrics.jsonl, best.safetensors)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
+    batch_size: int = typer.Option(64, help="images per batch for the evaluation"),
+) -> None:
+    """Rebuild curves.png, confusion.png, predictions.png, top_losses.png and report.html for a finished run."""
+    from tlcore_viz.report import build_report
+
+    result = build_report(run_dir, device=device, batch_size=batch_size)
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for path in result.written:
+        typer.echo(f"wrote {path}")
+    if result.evaluation is not None:
+        m = result.evaluation.metrics
+        typer.echo(
+            f"{result.evaluation.split} accuracy {m.accuracy:.4f} ({m.correct}/{m.images}), macro F1 {m.macro['f1']:.4f}"
+        )
+
+
+@hookimpl
+def tlcore_register_commands(app: typer.Typer) -> None:
+    """Add `tlcore report`."""
+    app.command("report")(report_command)

@@ -1,0 +1,128 @@
+"""The figures, drawn headless: matplotlib ``Figure`` objects rendered by Agg to PNG bytes.
+
+pyplot is never imported, so no GUI backend is chosen and a user's own
+matplotlib state is left alone. Each function returns PNG bytes; callers
+write them atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tlcore.data import to_rgb
+
+GRID_IMAGES = 16  # images in the prediction and top-loss grids
+THUMBNAIL = 160  # longest side of an image in a grid, in pixels
+CONFUSION_ANNOTATE_MAX = 20  # counts are written in the cells up to this many classes
+CONFUSION_TICKS_MAX = 40  # class names label the axes up to this many classes
+RIGHT, WRONG = "#1a7f37", "#cf222e"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
+    """Loss, accuracy and learning rate per epoch (train and val), side by side."""
+    figure = _figure(12, 3.6)
+    axes = figure.subplots(1, 3)
+    epochs = [m["epoch"] for m in history]
+    panels = [
+        ("loss", [("train_loss", "train"), ("val_loss", "val")]),
+        ("accuracy", [("train_acc", "train"), ("val_acc", "val")]),
+        ("learning rate (end of epoch)", [("lr", "lr")]),
+    ]
+    for axis, (title, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            values = [m.get(key) for m in history]
+            if any(v is not None for v in values):
+                axis.plot(epochs, [math.nan if v is None else v for v in values], marker="o", label=label)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        if len(series) > 1:
+            axis.legend()
+        if epochs:
+            axis.set_xticks(epochs if len(epochs) <= 12 else np.linspace(epochs[0], epochs[-1], 12).round().astype(int))
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    return _png(figure)
+
+
+def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
+    """The confusion matrix, coloured by each true class's share (row-normalised), with counts in the cells."""
+    matrix = np.asarray(confusion, dtype=np.int64)
+    count = len(classes)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(4 + 0.45 * count, 22)
+    figure = _figure(side + 1.2, side)
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class")
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"confusion matrix ({int(matrix.sum())} images)")
+    if count <= CONFUSION_TICKS_MAX:
+        axis.set_xticks(range(count), [_short(c) for c in classes], rotation=90)
+        axis.set_yticks(range(count), [_short(c) for c in classes])
+    if count <= CONFUSION_ANNOTATE_MAX:
+        for row in range(count):
+            for column in range(count):
+                colour = "white" if shares[row, column] > 0.6 else "black"
+                axis.text(column, row, str(matrix[row, column]), ha="center", va="center", color=colour, fontsize=9)
+    return _png(figure)
+
+
+def image_grid_png(images: Sequence[Any], titles: Sequence[str], correct: Sequence[bool], heading: str) -> bytes:
+    """A grid of raw images (PIL or uint8 tensors) with titles; mistakes in red with a red frame, hits in green."""
+    count = max(len(images), 1)
+    columns = min(4, count)
+    rows = math.ceil(count / columns)
+    figure = _figure(3.0 * columns, 3.2 * rows + 0.4)
+    figure.suptitle(heading)
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for axis in axes:
+        axis.set_axis_off()
+    for axis, image, title, right in zip(axes, images, titles, correct, strict=False):
+        axis.imshow(thumbnail(image))
+        axis.set_title(title, fontsize=9, color=RIGHT if right else WRONG)
+        if not right:  # a visible frame: mistakes stand out even in grey print
+            axis.set_axis_on()
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_color(WRONG)
+                spine.set_linewidth(3)
+    return _png(figure)
+
+
+def thumbnail(image: Any) -> np.ndarray:
+    """A raw dataset image as an RGB array whose longest side is at most THUMBNAIL pixels."""
+    rgb = to_rgb(image)
+    if rgb.is_floating_point():
+        rgb = (rgb.clamp(0, 1) * 255).to(torch.uint8)
+    picture = Image.fromarray(rgb.permute(1, 2, 0).numpy())
+    if max(picture.size) > THUMBNAIL:
+        picture.thumbnail((THUMBNAIL, THUMBNAIL))
+    elif max(picture.size) < 64:  # tiny images (8x8 digits): blow up without smoothing so pixels stay crisp
+        scale = 64 // max(picture.size)
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return np.asarray(picture)
+
+
+def _short(name: str, limit: int = 18) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
