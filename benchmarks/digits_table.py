@@ -18,7 +18,7 @@ from tlcore.config import build_config
 from tlcore.plugins import get_host
 from tlcore.train import fit
 
-COMMON = dict(backbone="timm:tf_efficientnet_lite0", dataset="digits", epochs=3, callbacks=["-progress"])
+COMMON = dict(backbone="timm:tf_efficientnet_lite0", dataset="digits", epochs=3, callbacks=["metrics", "checkpoint"])
 
 SUITES = {
     "zoo": [

@@ -19,7 +19,7 @@ from tlcore.plugins import get_host
 from tlcore.train import fit
 
 SETTINGS = dict(backbone="torchvision:resnet18", weights="none", dataset="digits", image_size=64, epochs=8,
-                freeze="backbone", augment="none", callbacks=["-progress"])
+                freeze="backbone", augment="none", callbacks=["metrics", "checkpoint"])
 
 
 def timed(host, **extra) -> tuple[float, float]:

@@ -70,9 +70,10 @@ def install(source: Path, target: Path) -> None:
 
 def subprocess_env(target: Path, select: str) -> dict[str, str]:
     """The environment of a subprocess that sees ``target`` and loads only the installed plugins ``select``."""
-    env = {k: v for k, v in os.environ.items() if k not in (plugins.ENV_DISABLE, "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k != plugins.ENV_DISABLE}
+    path = os.pathsep.join([str(target), *filter(None, [env.get("PYTHONPATH")])])
     # One torch thread: two thrash when other processes share the cores.
-    env.update(PYTHONPATH=str(target), TLCORE_PLUGINS=select, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=path, TLCORE_PLUGINS=select, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
     return env
 
 

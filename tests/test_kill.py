@@ -49,7 +49,9 @@ from tlcore.weights import find_weights_file
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL (POSIX)")
 
 SEED = 8  # the kill moments and the choices between fresh runs and resumes follow this seed
-FORKED_KILLS = 10  # plus one kill of the plain subprocess
+RANDOM_KILLS = 8  # forked children killed at a random moment of their life
+WRITE_KILLS = 5  # forked children killed while stopped inside a write, just before its rename
+MAX_PROCESSES = 60
 EPOCHS = 16  # many one-step epochs: a large share of the run is spent writing files
 RUN_ARGS = [
     "run",
@@ -76,7 +78,22 @@ SERVER = r"""
 import json, os, runpy, sys
 import tlcore.cli, tlcore.train  # the slow imports, once, before any fork
 
-def run_child(argv, log):
+def hold_inside_write(name, nth, marker):
+    # stop (and say so in `marker`) at the nth rename of a complete temporary file onto `name`, just before it
+    import time
+    real_replace, count = os.replace, [0]
+    def replace(source, target, **kwargs):
+        if os.path.basename(target) == name and os.path.basename(source).startswith("." + name + "."):
+            count[0] += 1
+            if count[0] == nth:
+                open(marker, "w").close()
+                time.sleep(600)
+        return real_replace(source, target, **kwargs)
+    os.replace = replace
+
+def run_child(argv, log, hold):
+    if hold:
+        hold_inside_write(**hold)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -101,7 +118,7 @@ for line in sys.stdin:
         if pid == 0:
             code = 98
             try:
-                code = run_child(request["argv"], request["log"])
+                code = run_child(request["argv"], request["log"], request.get("hold"))
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -153,9 +170,13 @@ class ForkServer:
         assert line, "the fork server died"
         return json.loads(line)
 
-    def spawn(self, argv: list[str], log: Path) -> int:
-        """Start ``python -m tlcore ARGV`` (output to ``log``); returns its pid."""
-        pid = self._ask({"op": "spawn", "argv": [str(a) for a in argv], "log": str(log)})["pid"]
+    def spawn(self, argv: list[str], log: Path, hold: dict | None = None) -> int:
+        """Start ``python -m tlcore ARGV`` (output to ``log``); returns its pid.
+
+        ``hold={"name": FILE, "nth": N, "marker": PATH}`` makes the child stop inside its Nth write of FILE,
+        with the temporary file complete and just before the rename onto FILE, and create PATH to say so.
+        """
+        pid = self._ask({"op": "spawn", "argv": [str(a) for a in argv], "log": str(log), "hold": hold})["pid"]
         self.children.add(pid)
         return pid
 
@@ -303,7 +324,7 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
             stats["plain subprocesses killed"] += 1
         check_run_folder(plain, stats)
         if temporary_files(stats):
-            stats["kills inside a file write (a temporary file was left)"] += 1
+            stats["kills that left a temporary file"] += 1
 
         # 2. An uninterrupted run: what every killed and resumed run must end up as; it also times a run.
         reference = tmp_path / "reference"
@@ -326,7 +347,11 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
         if plain_code == 0:
             check_completed(plain, reference, stats)
         current, folders = None, 0
-        while stats["runs killed"] < 1 + FORKED_KILLS:
+        kinds = ["at a random moment"] * RANDOM_KILLS + ["held inside a write"] * WRITE_KILLS
+        rng.shuffle(kinds)
+        for _ in range(MAX_PROCESSES):
+            if not kinds:
+                break
             if current is None:
                 folders += 1
                 current = tmp_path / f"run{folders}"
@@ -335,22 +360,39 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
                 argv = ["run", "--resume", current]
             log = logs / f"{current.name}.log"
             saved = load_train_state(current).record["epoch"] if (current / STATE_FILE).exists() else 0
-            pid = server.spawn(argv, log)
-            time.sleep(rng.uniform(0.0, startup_seconds + (EPOCHS - saved) * epoch_seconds))  # any moment of its life
-            code = server.poll(pid)
+            kind = kinds.pop()
+            if kind == "held inside a write":
+                names = RESULT_FILES if saved == 0 else RESULT_FILES[1:]  # a resumed run keeps config.json
+                name = rng.choice(names)
+                nth = 1 if name == "config.json" else rng.randint(1, max(1, (EPOCHS - saved) // 2))
+                marker = tmp_path / f"held-{folders}-{len(kinds)}"
+                pid = server.spawn(argv, log, {"name": name, "nth": nth, "marker": str(marker)})
+                deadline = time.monotonic() + TIMEOUT_S
+                while not marker.exists() and (code := server.poll(pid)) is None:
+                    assert time.monotonic() < deadline, "the held child neither stopped nor finished"
+                    time.sleep(0.005)
+                code = None if marker.exists() else code
+            else:
+                pid = server.spawn(argv, log)
+                time.sleep(rng.uniform(0.0, startup_seconds + (EPOCHS - saved) * epoch_seconds))  # any moment
+                code = server.poll(pid)
             if code is None:
                 os.kill(pid, signal.SIGKILL)
                 code = server.wait(pid)
-            if code == 0:  # it finished before the kill
+            if code == 0:  # it finished before the kill (or never made the write to stop in): try again
                 check_completed(current, reference, stats)
                 current = None
+                kinds.append(kind)
                 continue
+            stats[f"kills {kind}"] += 1
+            if kind == "held inside a write":
+                stats[f"kills held inside a write of {name}"] += 1
             assert code == -signal.SIGKILL, log.read_text()
             stats["runs killed"] += 1
             temporary_before = temporary_files(stats)
             check_run_folder(current, stats)
             if temporary_files(stats) > temporary_before:
-                stats["kills inside a file write (a temporary file was left)"] += 1
+                stats["kills that left a temporary file"] += 1
             if not (current / STATE_FILE).exists():
                 # killed before the first epoch's state was saved: --resume refuses cleanly, so start another run
                 pid = server.spawn(["run", "--resume", current], log)
@@ -359,6 +401,7 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
                 assert line.startswith("tlcore: error: ") and "holds no train_state" in line, line
                 stats["kills before the first saved state"] += 1
                 current = None
+        assert not kinds, f"{len(kinds)} kills were not made in {MAX_PROCESSES} processes"
         if current is not None:
             unfinished.append(current)
 
@@ -378,9 +421,12 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
 
     for log in logs.iterdir():
         assert "Traceback" not in log.read_text(), log.read_text()
-    assert stats["runs killed"] == 1 + FORKED_KILLS
+    assert stats["runs killed"] == 1 + RANDOM_KILLS + WRITE_KILLS
     assert stats["runs completed after kills"] >= 1
     counts = {key: value for key, value in stats.items() if not key.startswith("temporary file ")}
     counts["temporary files left"] = temporary_files(stats)
     summary = ", ".join(f"{key}: {value}" for key, value in sorted(counts.items()))
-    print(f"\ntest_kill (seed {SEED}): {summary}; one run {run_seconds:.1f} s ({startup_seconds:.1f} s to config.json); {time.monotonic() - started:.0f} s in all")
+    timing = (
+        f"one run {run_seconds:.1f} s ({startup_seconds:.1f} s to config.json); {time.monotonic() - started:.0f} s in all"
+    )
+    print(f"\ntest_kill (seed {SEED}): {summary}; {timing}")

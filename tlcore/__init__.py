@@ -4,6 +4,7 @@ The public Python API: register plugins at run time and use the contracts
 that plugins implement.
 """
 
+from tlcore.api import fit
 from tlcore.backbone import Backbone, BackboneOptions, LayerGroup, Preprocessing
 from tlcore.dataset import DatasetOptions, DatasetSplits, TensorImageDataset
 from tlcore.errors import ConfigError, DataError, PluginError, TlcoreError, WeightsError
@@ -49,6 +50,7 @@ __all__ = [
     "WeightsError",
     "evaluate_checkpoint",
     "export_checkpoint",
+    "fit",
     "hookimpl",
     "load_checkpoint",
     "register",

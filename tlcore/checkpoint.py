@@ -39,6 +39,21 @@ class CheckpointInfo:
         return {"tlcore": json.dumps(record), "format": "pt"}
 
 
+# The types read_checkpoint insists on, so a damaged file fails here and not halfway through a rebuild.
+FIELD_TYPES = {
+    "backbone": str,
+    "classes": list,
+    "head": str,
+    "head_options": dict,
+    "preprocessing": dict,
+    "image_size": int,
+    "epoch": int,
+    "metrics": dict,
+    "weights": str,
+    "data": dict,
+}
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) -> None:
     """Write the model's state dict and its info atomically."""
     # clone().contiguous(): safetensors needs contiguous, unshared tensors (channels_last, tied weights)
@@ -52,10 +67,15 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo
     meta = weights.tlcore_meta
     if not meta or meta.get("format") != FORMAT:
         raise WeightsError(f"{weights.path} is not a tlcore checkpoint (no tlcore metadata); pass a file a run wrote")
+    if not isinstance(meta.get("format_version", 0), int):
+        raise WeightsError(f"{weights.path} is a damaged tlcore checkpoint: format_version is not an integer")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise WeightsError(f"{weights.path} was written by a newer tlcore (format {meta['format_version']}); upgrade")
     fields = {k: meta[k] for k in CheckpointInfo.__dataclass_fields__ if k in meta}
     missing = set(CheckpointInfo.__dataclass_fields__) - set(fields) - {"data"}
     if missing:
         raise WeightsError(f"{weights.path} is a damaged tlcore checkpoint: metadata lacks {', '.join(sorted(missing))}")
+    for name, kind in FIELD_TYPES.items():
+        if name in fields and not isinstance(fields[name], kind):
+            raise WeightsError(f"{weights.path} is a damaged tlcore checkpoint: {name} is not a {kind.__name__}")
     return weights.tensors, CheckpointInfo(**fields)

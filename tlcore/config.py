@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -144,7 +145,13 @@ def _coerce(key: str, value: Any) -> Any:
     if kind is bool and isinstance(value, bool):
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"option {key} is too large: {str(value)[:20]}…") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"option {key} must be a finite number, got {value}")
+        return number
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is list:
@@ -195,8 +202,29 @@ def _choice(key: str, value: str, accepted: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} {value!r} is not accepted; accepted: {', '.join(accepted)}")
 
 
+# Upper bounds on integer options, far above any real use: beyond them torch overflows or allocates without end.
+INT_LIMITS = {
+    "seed": 2**63 - 1,
+    "epochs": 10**6,
+    "batch_size": 2**20,
+    "image_size": 8192,
+    "head_hidden": 2**16,
+    "workers": 256,
+    "step_size": 10**6,
+    "unfreeze_start": 10**6,
+    "unfreeze_every": 10**6,
+    "early_stopping_patience": 10**6,
+}
+
+
 def validate(config: RunConfig) -> None:
     """Reject values no run can use, with one line naming the option and what is accepted."""
+    for key, limit in INT_LIMITS.items():
+        value = getattr(config, key)
+        if value is not None and value > limit:
+            raise ConfigError(f"{key} must be at most {limit}, got {value}")
+    if config.seed < 0:
+        raise ConfigError(f"seed must not be negative, got {config.seed}")
     if config.epochs <= 0:
         raise ConfigError(f"epochs must be a positive integer, got {config.epochs}")
     if config.batch_size <= 0:

@@ -45,3 +45,19 @@ def append_json_line(path: Path, value: Any) -> None:
     path = Path(path)
     existing = path.read_bytes() if path.exists() else b""
     atomic_write_bytes(path, existing + (json.dumps(value) + "\n").encode("utf-8"))
+
+
+def atomic_link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` hold ``source``'s bytes, atomically: a hard link renamed into place, else a copy.
+
+    Safe with atomic writers: they replace ``source`` by a new inode, so the link keeps the old bytes.
+    """
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links on this file system
+        atomic_write_bytes(target, source.read_bytes())
+        return
+    os.replace(tmp, target)

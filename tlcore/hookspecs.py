@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from tlcore.weights import PretrainedWeights
 
 PROJECT = "tlcore"
+# The version of the hook API below: the minor grows when hooks or arguments are added, the major when a hook is
+# removed or changed incompatibly. Plugins declare the versions they support in TLCORE_API (see tlcore.plugins).
+API_VERSION = "1.0"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

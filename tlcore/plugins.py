@@ -10,13 +10,23 @@ Environment variables:
   skipped (set it empty to load no installed plugin). Built-in parts always load.
 - ``TLCORE_DISABLE_PLUGINS``: comma-separated plugin names not to load, built-in
   ones included.
+- ``TLCORE_TRACE_HOOKS``: set to 1 to print every hook call to stderr: the hook,
+  the plugin, a summary of the result and the time taken.
+
+A plugin may declare the hook API versions it supports as a string attribute
+``TLCORE_API`` (e.g. ``">=1,<2"``: comma-separated comparisons that must all hold);
+one whose range excludes ``hookspecs.API_VERSION`` is refused, naming both.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import operator
 import os
+import re
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,12 +41,24 @@ from tlcore.registry import KINDS, Catalog, Register
 ENTRY_POINT_GROUP = "tlcore"
 ENV_SELECT = "TLCORE_PLUGINS"
 ENV_DISABLE = "TLCORE_DISABLE_PLUGINS"
+ENV_TRACE = "TLCORE_TRACE_HOOKS"
+API_ATTRIBUTE = "TLCORE_API"
+_COMPARISONS = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_CLAUSE = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*(\d+)(?:\.(\d+))?\s*")
 # The core's own parts, registered exactly like external plugins.
 BUILTIN_MODULES = {
     "tlcore.heads": "tlcore.heads",
     "tlcore.freeze": "tlcore.freeze",
     "tlcore.callbacks": "tlcore.callbacks.builtin",
     "tlcore.commands": "tlcore.commands",
+    "tlcore.scaffold": "tlcore.scaffold",
 }
 REGISTER_HOOKS = {
     "backbones": "tlcore_register_backbones",
@@ -85,6 +107,9 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
         self._catalogs: dict[str, Catalog] | None = None
+        self.trace_hooks = os.environ.get(ENV_TRACE, "").strip() not in ("", "0")
+        if self.trace_hooks:  # calls made through pluggy (host.pm.hook.NAME(...)); call_impl traces its own
+            self.pm.add_hookcall_monitoring(lambda hook_name, hook_impls, kwargs: None, _trace_pluggy_call)
         self._load_builtins()
         if load_installed:
             self._load_entry_points()
@@ -123,7 +148,8 @@ class PluginHost:
             self.records[name] = record
 
     def _register_checked(self, plugin: Any, name: str) -> None:
-        """Register with pluggy and reject hook implementations that match no hook (typos)."""
+        """Register with pluggy; refuse a plugin made for another hook API and implementations that match no hook (typos)."""
+        check_api_version(plugin, name)
         self.pm.register(plugin, name=name)
         unknown = [
             impl.function.__name__
@@ -185,15 +211,22 @@ class PluginHost:
     def call_impl(self, impl: Any, **kwargs: Any) -> Any:
         """Call one hook implementation with the arguments it asks for; name the plugin if it raises."""
         wanted = {k: v for k, v in kwargs.items() if k in impl.argnames}
+        before = _trace_snapshot(kwargs) if self.trace_hooks else None
+        started = time.perf_counter()
         try:
-            return impl.function(**wanted)
+            result = impl.function(**wanted)
         except Exception as error:
+            if self.trace_hooks:
+                _trace_call(impl, f"raised {type(error).__name__}: {error}", started)
             message = f"plugin {impl.plugin_name} failed in {impl.function.__name__}: {type(error).__name__}: {error}"
             record = self.records.get(impl.plugin_name)
             if record is not None and record.error is None:
                 record.error = message
             print(f"tlcore: warning: {message}", file=sys.stderr)
             return None
+        if self.trace_hooks:
+            _trace_call(impl, _trace_summary(result, before, kwargs), started)
+        return result
 
     def hook_impls(self, hook_name: str) -> list[Any]:
         """Implementations of one hook, in registration order."""
@@ -202,6 +235,89 @@ class PluginHost:
     def plugin_versions(self) -> dict[str, str | None]:
         """Plugin name to version, for config.json."""
         return {name: record.version for name, record in sorted(self.records.items()) if record.error is None}
+
+
+def _api_version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def api_range_allows(spec: str, version: str | None = None) -> bool:
+    """Whether a ``TLCORE_API`` range such as ``">=1,<2"`` admits ``version`` (default: the core's).
+
+    Raises ValueError when ``spec`` is no such range.
+
+    Comma-separated comparisons (>=, >, <=, <, ==, !=) with versions of one or two
+    numbers, all of which must hold; a missing minor version counts as 0.
+    """
+    current = _api_version(version or hookspecs.API_VERSION)
+    allowed = True
+    for clause in spec.split(","):
+        match = _CLAUSE.fullmatch(clause)
+        if match is None:
+            raise ValueError(f"{clause.strip()!r} is not a comparison like '>=1' or '<2.1'")
+        symbol, major, minor = match.groups()
+        allowed = allowed and _COMPARISONS[symbol](current, (int(major), int(minor or 0)))
+    return allowed
+
+
+def check_api_version(plugin: Any, name: str) -> None:
+    """Refuse a plugin whose ``TLCORE_API`` excludes this core's hook API version; plugins without one are accepted."""
+    spec = getattr(plugin, API_ATTRIBUTE, None)
+    if spec is None:
+        return
+    try:
+        if not isinstance(spec, str):
+            raise ValueError(f"it is a {type(spec).__name__}, not a string")
+        allowed = api_range_allows(spec)
+    except ValueError as error:
+        raise PluginError(
+            f"plugin {name} declares {API_ATTRIBUTE} = {spec!r}, which is not a version range like '>=1,<2': {error}"
+        ) from None
+    if not allowed:
+        raise PluginError(
+            f"plugin {name} supports tlcore plugin API {spec}, but this tlcore provides API {hookspecs.API_VERSION}; "
+            f"install a version of {name} made for it"
+        )
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _trace_snapshot(kwargs: dict[str, Any]) -> list[str] | None:
+    """What a hook can add to, before the call: names in the Register's catalog, or the CLI's commands."""
+    catalog = getattr(kwargs.get("register"), "_catalog", None)  # the Catalog a Register fills
+    if catalog is not None:
+        return [name for name, entries in catalog.entries.items() for _ in entries] + [f.pattern for f in catalog.families]
+    commands = getattr(kwargs.get("app"), "registered_commands", None)
+    if commands is not None:
+        return [command.name or command.callback.__name__ for command in commands]
+    return None
+
+
+def _trace_summary(result: Any, before: list[str] | None, kwargs: dict[str, Any]) -> str:
+    """The result of a hook call in a few words: what it registered, or its return value."""
+    if before is None:
+        return _short(repr(result))
+    added = list((Counter(_trace_snapshot(kwargs)) - Counter(before)).elements())
+    return _short(f"registered {', '.join(added)}") if added else "registered nothing"
+
+
+def _trace_call(impl: Any, summary: str, started: float) -> None:
+    elapsed = (time.perf_counter() - started) * 1000
+    line = f"tlcore: trace: {impl.function.__name__} plugin={impl.plugin_name} -> {summary} ({elapsed:.1f} ms)"
+    print(line, file=sys.stderr)
+
+
+def _trace_pluggy_call(outcome: Any, hook_name: str, hook_impls: list, kwargs: dict[str, Any]) -> None:
+    names = ",".join(impl.plugin_name for impl in hook_impls) or "none"
+    try:
+        summary = _short(repr(outcome.get_result()))
+    except BaseException as error:  # the caller gets the exception from pluggy; the trace only reports it
+        summary = f"raised {type(error).__name__}: {error}"
+    print(f"tlcore: trace: {hook_name} plugins={names} -> {summary}", file=sys.stderr)
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:

@@ -24,6 +24,19 @@ from tlcore.weights import read_weights_file
 STATE_FILE = "train_state.safetensors"
 FORMAT = "tlcore-train-state"
 FORMAT_VERSION = 1
+REQUIRED_RECORD = {
+    "epoch",
+    "epoch_step",
+    "step",
+    "epoch_images",
+    "history",
+    "config",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "callbacks",
+    "rng",
+}
 
 
 @dataclass
@@ -86,14 +99,31 @@ def load_train_state(run_dir: Path) -> TrainState:
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
-    record = json.loads(meta.get("tlcore_train_state", "{}"))
-    if record.get("format") != FORMAT:
+    try:
+        record = json.loads(meta.get("tlcore_train_state", "{}"))
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a tlcore training state")
+    missing = sorted(REQUIRED_RECORD - set(record))
+    if missing or not any(k.startswith("model.") for k in weights.tensors) or "rng.torch" not in weights.tensors:
+        what = ", ".join(missing) or "model or generator tensors"
+        raise ConfigError(f"{path} is a damaged training state (missing {what}); it cannot be resumed")
+    if not isinstance(record["config"], dict) or not isinstance(record["history"], list):
+        raise ConfigError(f"{path} is a damaged training state (config or history of the wrong type)")
     return TrainState(weights.tensors, record)
 
 
 def restore_train_state(state: TrainState, *, model, optimizer, scheduler, scaler, callbacks) -> dict[str, torch.Tensor]:
     """Put everything back; returns the epoch's running sums."""
+    try:
+        return _restore(state, model, optimizer, scheduler, scaler, callbacks)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"the training state does not fit this run (damaged, or another model): {first}") from error
+
+
+def _restore(state: TrainState, model, optimizer, scheduler, scaler, callbacks) -> dict[str, torch.Tensor]:
     model.load_state_dict({k[len("model.") :]: v for k, v in state.tensors.items() if k.startswith("model.")})
     saved = state.record["optimizer"]
     optimizer_state: dict[int, dict] = {int(i): dict(values) for i, values in saved["state"].items()}

@@ -95,7 +95,7 @@ def read_weights_file(path: Path) -> WeightsFile:
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightsError(f"{path} is not a readable safetensors file: {error}") from error
-        tlcore_meta = json.loads(meta["tlcore"]) if "tlcore" in meta else None
+        tlcore_meta = _metadata_record(meta["tlcore"], path) if "tlcore" in meta else None
         return WeightsFile(path, tensors, tlcore_meta)
     if path.suffix not in WEIGHT_SUFFIXES:
         raise WeightsError(f"{path} is not a weights file; accepted: {', '.join(WEIGHT_SUFFIXES)}")
@@ -105,6 +105,17 @@ def read_weights_file(path: Path) -> WeightsFile:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WeightsError(f"{path} is not a weights file that loads safely (weights_only=True): {first_line}") from error
     return WeightsFile(path, _unwrap_state_dict(loaded, path))
+
+
+def _metadata_record(text: str, path: Path) -> dict:
+    """The JSON object in a safetensors metadata entry; a damaged one is a clear error."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise WeightsError(f"{path} has damaged tlcore metadata (not a JSON object); it is not a usable checkpoint")
+    return record
 
 
 def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tlcore.callbacks.base import Callback
 from tlcore.checkpoint import save_checkpoint
-from tlcore.files import append_json_line, atomic_write_bytes
+from tlcore.files import append_json_line, atomic_link_or_copy, atomic_write_bytes
 from tlcore.hookspecs import hookimpl
 from tlcore.registry import Register
 from tlcore.state import RunState
@@ -135,11 +135,11 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
         """Save the model with everything needed to rebuild it."""
-        info = run.checkpoint_info(metrics)
+        save_checkpoint(run.output_dir / "last.safetensors", run.model, run.checkpoint_info(metrics))
         if metrics["val_acc"] > self.best_acc:
             self.best_acc = metrics["val_acc"]
-            save_checkpoint(run.output_dir / "best.safetensors", run.model, info)
-        save_checkpoint(run.output_dir / "last.safetensors", run.model, info)
+            # the same bytes as last: a hard link (atomic, no second write), a copy where links are not supported
+            atomic_link_or_copy(run.output_dir / "last.safetensors", run.output_dir / "best.safetensors")
 
 
 class EarlyStopping(Callback):
