@@ -114,6 +114,13 @@ def note_unreadable(run: RunState, reasons: list[str], strict: bool) -> None:
             run.unreadable.append(reason)
 
 
+def epoch_sums(saved: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's running loss sum and correct count, on the device: zero, or as saved mid-epoch."""
+    loss_sum = saved.get("loss_sum", torch.zeros((), dtype=torch.float64))
+    correct = saved.get("correct", torch.zeros((), dtype=torch.int64))
+    return loss_sum.to(device, torch.float64), correct.to(device, torch.int64)
+
+
 def check_free_space(output_dir: Path, model: nn.Module, optimizer: str) -> None:
     """Fail before training when the disk cannot hold the checkpoints and the training state."""
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -164,6 +171,13 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
     policy = build_policy(config, host)
     group_names = [group.name for group in backbone.layer_groups]
     phases = policy_phases(policy, group_names, config.epochs)  # asked up front: bad options fail before any work
+    if not any(p.requires_grad for p in head.parameters()):
+        idle = [phase for phase in phases if not phase.trainable]
+        if idle:
+            raise ConfigError(
+                f"nothing would train in epoch {idle[0].first_epoch + 1}: head {config.head!r} has no trainable "
+                f"parameters and freeze policy {config.freeze!r} freezes every layer group then"
+            )
     if config.cache_features:
         check_cache_features(config, phases)
     callbacks = CallbackList(build_callbacks(config, host) if place.is_main else [])
@@ -172,11 +186,10 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
     # -- data: transforms follow the backbone's preprocessing; order and augmentation follow the seed ----
     pre, flip = backbone.preprocessing, data.flip_invariant
     augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
-    # undecodable images come back as Unreadable, so the main process decides: skip and count, or stop (--strict);
-    # an error raised inside a DataLoader worker would reach the user wrapped in the worker's traceback
-    tolerant = True
-    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip), config.seed, tolerant)
-    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip), config.seed, tolerant)
+    # tolerant: an undecodable image comes back as Unreadable and the main process decides (skip and count, or stop
+    # under --strict); raised inside a DataLoader worker, it would reach the user wrapped in the worker's traceback
+    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip), config.seed, True)
+    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip), config.seed, True)
     needs_labels = config.class_weights is not None or config.balanced_sampler
     train_labels = dataset_labels(data.train) if needs_labels else None
     draw_weights = balanced_weights(train_labels, len(data.classes)) if config.balanced_sampler else None
@@ -286,16 +299,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     step_model, trainable_now = distributed.wrap(train_module, place, device), trainable
                 step_model.train()
                 model.train()
-                run.train_loss_sum = (
-                    running.get("loss_sum", torch.zeros(())).to(device, torch.float64)
-                    if resumed
-                    else torch.zeros((), device=device, dtype=torch.float64)
-                )
-                correct = (
-                    running.get("correct", torch.zeros(())).to(device, torch.int64)
-                    if resumed
-                    else torch.zeros((), device=device, dtype=torch.int64)
-                )
+                run.train_loss_sum, correct = epoch_sums(running if resumed else {}, device)
                 train_sampler.set_epoch(epoch, run.epoch_step * config.batch_size)
                 first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
                 started = time.perf_counter()
@@ -338,11 +342,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                         "nothing after the last completed epoch was saved; lower --lr, or pass --skip-nonfinite"
                     )
                 distributed.sync_buffers(model, place)
-                val = (
-                    None
-                    if stop.requested
-                    else evaluate(model if train_module is model else head, val_loader, device, amp_dtype, stop)
-                )
+                val = None if stop.requested else evaluate(train_module, val_loader, device, amp_dtype, stop)
                 if distributed.broadcast_flag(val is None, place, device):
                     raise _interrupt(run, stop, state_args=(scaler, callbacks, correct))
                 totals = distributed.sum_across(
