@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tlcore.testing import write_fake_distribution
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not found")
 
@@ -53,11 +55,7 @@ def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path):
 
 
 def test_torchrun_dash_m_tlcore_run(tmp_path):
-    site = tmp_path / "site"
-    dist_info = site / "tlcore_tiny_example-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tlcore-tiny-example\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[tlcore]\ntiny = tlcore.testing:tiny_plugin\n")
+    site = write_fake_distribution(tmp_path / "site", "tlcore-tiny-example", {"tiny": "tlcore.testing:tiny_plugin"})
     out = tmp_path / "run"
     done = torchrun(
         "-m",

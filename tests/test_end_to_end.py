@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tlcore.checkpoint import read_checkpoint
-from tlcore.testing import write_cifar10, write_image_folder
+from tlcore.testing import write_cifar10, write_fake_distribution, write_image_folder
 
 pytest.importorskip("tlcore_torchvision")
 pytest.importorskip("tlcore_datasets")
@@ -144,11 +144,7 @@ def test_missing_and_empty_data_folders(tmp_path):
 
 
 def test_broken_installed_plugin_is_reported_and_everything_else_works(tmp_path):
-    site = tmp_path / "site"
-    dist_info = site / "tlcore_broken_example-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tlcore-broken-example\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[tlcore]\nbroken_example = tlcore_broken_example\n")
+    site = write_fake_distribution(tmp_path / "site", "tlcore-broken-example", {"broken_example": "tlcore_broken_example"})
     (site / "tlcore_broken_example.py").write_text("raise ImportError('needs a library that is not installed')\n")
     env = {"PYTHONPATH": str(site)}
     done = tlcore("plugins", "--json", env=env)

@@ -44,6 +44,7 @@ import torch
 
 from tlcore.checkpoint import read_checkpoint
 from tlcore.resume import STATE_FILE, load_train_state
+from tlcore.testing import write_fake_distribution
 from tlcore.weights import find_weights_file
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL (POSIX)")
@@ -138,11 +139,7 @@ def timeless(history: list[dict]) -> list[dict]:
 
 def fake_site(root: Path) -> Path:
     """A folder for PYTHONPATH holding a distribution whose entry point names the tiny test plugin."""
-    dist_info = root / "tlcore_tiny_kill-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: tlcore-tiny-kill\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[tlcore]\ntiny = tlcore.testing:tiny_plugin\n")
-    return root
+    return write_fake_distribution(root, "tlcore-tiny-kill", {"tiny": "tlcore.testing:tiny_plugin"})
 
 
 class ForkServer:

@@ -55,6 +55,8 @@ def test_broken_plugin_is_reported_and_the_rest_work(fake_entry_points):
     assert "ModuleNotFoundError" in host.records["broken"].error
     assert host.records["good"].error is None
     assert host.catalog("heads").resolve("good:head").plugin == "good"
+    with pytest.raises(UnknownNameError, match=r"plugins that failed to load: broken; see `tlcore plugins`"):
+        host.catalog("backbones").resolve("broken:net")
 
 
 def test_misspelled_hook_is_refused_with_its_name(fake_entry_points):

@@ -202,7 +202,7 @@ class PluginHost:
         return self._catalogs[kind]
 
     def _collect(self, kind: str) -> Catalog:
-        catalog = Catalog(kind)
+        catalog = Catalog(kind, [name for name, record in self.records.items() if record.error])
         hook = getattr(self.pm.hook, REGISTER_HOOKS[kind])
         for impl in reversed(hook.get_hookimpls()):  # registration order: built-ins first
             self.call_impl(impl, register=Register(catalog, impl.plugin_name))

@@ -100,10 +100,11 @@ class Listing:
 class Catalog:
     """All registrations of one kind (backbones, datasets, heads, freeze, callbacks)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, failed_plugins: list[str] | None = None):
         self.kind = kind
         self.entries: dict[str, list[Entry]] = {}
         self.families: list[Family] = []
+        self.failed_plugins = failed_plugins or []  # named when a name is unknown: it may be theirs
 
     def resolve(self, name: str) -> Entry:
         """Return the entry for ``name``: an exact registration, else a family's match.
@@ -179,4 +180,6 @@ class Catalog:
             hint = f"accepted: {', '.join(known) or 'none are installed'}"
         else:
             hint = f"see `tlcore list {self.kind}`"
+        if self.failed_plugins:
+            hint += f" (plugins that failed to load: {', '.join(self.failed_plugins)}; see `tlcore plugins`)"
         return UnknownNameError(f"unknown {LABELS[self.kind]} {name!r}; {hint}")

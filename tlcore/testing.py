@@ -138,3 +138,20 @@ def write_image_folder(root, classes=("ants", "bees"), per_class: int = 6, size:
 
 # An instance, so the tiny plugin can be named in an entry point: tlcore.testing:tiny_plugin
 tiny_plugin = TinyPlugin()
+
+
+def write_fake_distribution(site, distribution: str, entry_points: dict[str, str], version: str = "1.0"):
+    """Make ``site`` look like an installed distribution declaring ``tlcore`` entry points (name -> "module:attr").
+
+    Put ``site`` on PYTHONPATH of a subprocess and the plugin is discovered as if pip had installed it.
+    Returns ``site``.
+    """
+    from pathlib import Path
+
+    site = Path(site)
+    dist_info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    dist_info.mkdir(parents=True, exist_ok=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (dist_info / "entry_points.txt").write_text(f"[tlcore]\n{lines}")
+    return site
