@@ -7,7 +7,7 @@ import torch
 
 from tlcore import plugins
 from tlcore.config import build_config
-from tlcore.testing import TINY_BACKBONE, TINY_DATASET, TinyPlugin
+from tlcore.testing import TINY_BACKBONE, TINY_DATASET
 
 # Two OpenMP threads thrash when another process shares the 2 cores; tests use one.
 torch.set_num_threads(1)
@@ -20,12 +20,9 @@ def _clean_env(monkeypatch):
 
 
 @pytest.fixture
-def host():
-    """A plugin host with built-ins and the tiny plugin, without installed plugins (fast, isolated)."""
-    fresh = plugins.reset_host(load_installed=False)
-    fresh.register(TinyPlugin(), "tiny")
-    yield fresh
-    plugins.reset_host(load_installed=False)
+def host(tlcore_host):
+    """The shipped fixture (tlcore.pytest_plugin): built-ins and the tiny plugin, no installed plugins."""
+    return tlcore_host
 
 
 @pytest.fixture

@@ -6,24 +6,18 @@ import pytest
 import tlcore_viz
 import torch
 
-from tlcore import cli, plugins
 from tlcore.config import build_config
-from tlcore.testing import TINY_BACKBONE, TINY_DATASET, TinyPlugin
+from tlcore.testing import TINY_BACKBONE, TINY_DATASET
 from tlcore.train import fit
 
 torch.set_num_threads(1)  # two OpenMP threads thrash when another process shares the cores
 
 
 @pytest.fixture
-def viz_host(monkeypatch):
-    """A plugin host with built-ins, the tiny plugin and tlcore_viz (not the other installed plugins)."""
-    monkeypatch.delenv(plugins.ENV_SELECT, raising=False)
-    monkeypatch.delenv(plugins.ENV_DISABLE, raising=False)
-    host = plugins.reset_host(load_installed=False)
-    host.register(TinyPlugin(), "tiny")
-    host.register(tlcore_viz, "viz")
-    yield host
-    plugins.reset_host(load_installed=False)
+def viz_host(tlcore_host, tlcore_register):
+    """tlcore's test host (built-ins and the tiny plugin, no installed plugins) with tlcore_viz registered."""
+    tlcore_register(tlcore_viz, "viz")
+    return tlcore_host
 
 
 @pytest.fixture
@@ -54,19 +48,11 @@ def finished_run(viz_host, tiny_run_config):
 
 
 @pytest.fixture
-def viz_cli(viz_host, monkeypatch):
-    """``tlcore`` in-process with this host's commands (the CLI adds plugin commands once per process)."""
-    core = [command for command in cli.app.registered_commands if command.callback.__module__ == "tlcore.cli"]
-    monkeypatch.setattr(cli.app, "registered_commands", core)
-    monkeypatch.setattr(cli, "_plugin_commands_added", False)
+def viz_cli(viz_host, tlcore_cli):
+    """``run(args, capsys) -> (code, out, err)``: ``tlcore`` in-process with this host's commands."""
 
     def run(args, capsys):
-        try:
-            cli.main([str(a) for a in args])
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else 1
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        result = tlcore_cli(*args)
+        return result.code, result.out, result.err
 
     return run
