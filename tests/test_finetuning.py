@@ -194,3 +194,15 @@ def test_plan_prints_groups_per_phase(host, capsys):
     assert "stage2" in first and " no " in first and "eval" in first
     code, _, err = run_cli(["plan", "--backbone", "test:tiny", "--freeze", "partial", "--freeze-to", "layer3"], capsys)
     assert code == 2 and "not a layer group of this backbone; it has: stem, stage1, stage2" in err
+
+
+def test_epoch_sampler_shares_are_equal_and_counted_without_drawing():
+    from tlcore.data import EpochSampler
+
+    # more processes than twice the images: every process still takes as many keys (wrapping around)
+    shares = [list(EpochSampler(3, seed=1, rank=r, world_size=8)) for r in range(8)]
+    assert {len(share) for share in shares} == {1}
+    assert {index for share in shares for _, index in share} == {0, 1, 2}
+    for sampler in (EpochSampler(10, 0, rank=1, world_size=3), EpochSampler(10, 0, False, rank=2, world_size=3, even=False)):
+        sampler.set_epoch(4, start=1)
+        assert len(sampler) == len(list(sampler))

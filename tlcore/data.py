@@ -166,16 +166,22 @@ class EpochSampler(Sampler):
         else:
             indices = list(range(self.size))
         if self.world_size > 1 and self.even:  # training: pad by wrapping so every process takes as many steps
-            per_rank = -(-len(indices) // self.world_size)
-            indices = (indices * 2)[: per_rank * self.world_size]
+            total = self._per_rank() * self.world_size
+            indices = [indices[i % len(indices)] for i in range(total)]
         return indices[self.rank :: self.world_size]
+
+    def _per_rank(self) -> int:
+        """How many keys this process gets per epoch, counted without drawing the order."""
+        if self.world_size > 1 and self.even:
+            return -(-self.size // self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
 
     def __iter__(self):
         for index in self.order()[self.start :]:
             yield self.epoch, index
 
     def __len__(self) -> int:
-        return len(self.order()) - self.start
+        return max(0, self._per_rank() - self.start)
 
 
 def default_workers(dataset: Dataset, requested: int | None) -> int:
