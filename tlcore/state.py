@@ -53,13 +53,17 @@ class RunState:
             epoch=self.epoch + 1,
             metrics=dict(metrics),
             weights=self.backbone.weights,
-            data={
-                "dataset": self.config.dataset,
-                "data_dir": self.config.data_dir,
-                "seed": self.config.seed,
-                "val_fraction": self.config.val_fraction,
-            },
+            data=self.data_identity(),
         )
+
+    def data_identity(self) -> dict:
+        """What determines the images and the split: dataset, data_dir, seed, val_fraction."""
+        return {
+            "dataset": self.config.dataset,
+            "data_dir": self.config.data_dir,
+            "seed": self.config.seed,
+            "val_fraction": self.config.val_fraction,
+        }
 
     def running_loss(self) -> float | None:
         """Mean training loss so far this epoch (synchronises with the device)."""

@@ -254,7 +254,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                 "weights": backbone.weights,
                 "image_size": image_size,
                 "preprocessing": pre.to_dict(),
-                "data": run.checkpoint_info({}).data,
+                "data": run.data_identity(),
                 "sizes": [len(data.train), len(data.val)],
             }
         )
