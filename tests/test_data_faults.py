@@ -102,3 +102,17 @@ def test_unwritable_output_folder_is_reported(host, tiny_config, tmp_path):
     blocker.write_text("a file, not a folder")
     with pytest.raises(ConfigError, match="cannot be written|already exists"):
         fit(tiny_config(output=str(blocker / "run")), host)
+
+
+def test_eval_names_an_undecodable_image_in_one_line(folder_host, tiny_config, tmp_path):
+    from tlcore.evaluation import evaluate_checkpoint
+
+    data = write_image_folder(tmp_path / "images", per_class=6, size=20)
+    result = fit(
+        tiny_config(dataset="imagefolder", data_dir=str(data), image_size=16, epochs=1, callbacks=["checkpoint"]),
+        folder_host,
+    )
+    (data / "val" / "bees" / "bees_2.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(DataError, match=r"^cannot read image \S*bees_2\.jpg.*; remove or fix it to evaluate") as caught:
+        evaluate_checkpoint(result.output_dir / "best.safetensors", workers=2)
+    assert "\n" not in str(caught.value)  # not a worker's traceback

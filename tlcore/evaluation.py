@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tlcore.build import build_dataset
 from tlcore.config import build_config
-from tlcore.data import TransformedDataset, default_workers
+from tlcore.data import TransformedDataset, collate_skipping, default_workers, make_loader
 from tlcore.errors import ConfigError, DataError
 from tlcore.inference import Predictor, load_checkpoint
 from tlcore.plugins import PluginHost, get_host
@@ -82,7 +82,9 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device) -> Out
     """Run the model over a loader of normalised images; per-image outputs, read from the device once."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {"labels": [], "predictions": [], "confidence": [], "losses": [], "top": []}
-    for images, labels in loader:
+    for images, labels, *unreadable in loader:
+        if unreadable and unreadable[0]:  # outputs must cover every image, in order
+            raise DataError(f"{unreadable[0][0]}; remove or fix it to evaluate this data")
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images).float()
         probabilities = logits.softmax(dim=1)
@@ -177,13 +179,10 @@ def evaluate_checkpoint(
     config = build_config(overrides={k: v for k, v in overrides.items() if v is not None})
     splits = build_dataset(config, host)
     raw = align_classes(splits.train if split == "train" else splits.val, splits.classes, predictor.classes, name)
-    # a plain sequential loader: dataset order, so per-image outputs line up with ``raw``
-    loader = DataLoader(
-        TransformedDataset(raw, predictor.transform),
-        batch_size=batch_size,
-        num_workers=default_workers(raw, workers),
-        pin_memory=predictor.device.type == "cuda",
-    )
+    # dataset order, so per-image outputs line up with ``raw``; unreadable images come back to this process
+    dataset = TransformedDataset(raw, predictor.transform, tolerant=True)
+    pin = predictor.device.type == "cuda"
+    loader = make_loader(dataset, batch_size, None, default_workers(raw, workers), pin, collate_skipping)
     outputs = collect_outputs(predictor.model, loader, predictor.device)
     return EvalReport(
         checkpoint=str(predictor.path) if predictor.path is not None else "the model in memory",
