@@ -44,7 +44,7 @@ import torch
 
 from tlcore.checkpoint import read_checkpoint
 from tlcore.resume import STATE_FILE, load_train_state
-from tlcore.testing import write_fake_distribution
+from tlcore.testing import without_measurements, write_fake_distribution
 from tlcore.weights import find_weights_file
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL (POSIX)")
@@ -72,7 +72,6 @@ RESULT_FILES = ("config.json", "metrics.jsonl", "best.safetensors", "last.safete
 # what atomic_write_bytes leaves behind when killed between creating its temporary file and renaming it
 TEMP_NAME = re.compile(r"\.(" + "|".join(re.escape(name) for name in RESULT_FILES) + r")\.[^/]+\.tmp")
 WRITE_PROBE = ".tlcore-write-test"  # create_output_dir's check that the folder is writable
-TIMELESS = ("seconds", "images_per_second")
 TIMEOUT_S = 180
 
 SERVER = r"""
@@ -132,9 +131,7 @@ for line in sys.stdin:
 """
 
 
-def timeless(history: list[dict]) -> list[dict]:
-    """Metrics without the wall-clock figures, which differ between runs."""
-    return [{k: v for k, v in m.items() if k not in TIMELESS} for m in history]
+timeless = without_measurements
 
 
 def fake_site(root: Path) -> Path:

@@ -22,6 +22,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
 AUGMENTS = ("standard", "none")
 BN_MODES = ("frozen", "train")
+PIPELINES = ("auto", "memory", "loader")
+DECODERS = ("cpu", "device")
+SWITCHES = ("auto", "on", "off")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class RunConfig:
     # how long and how
     epochs: int = 3
     batch_size: int = 64
+    accumulate: int = 1  # micro-batches per optimizer step: the effective batch is batch_size x accumulate
     lr: float = 2e-3
     optimizer: str = "adamw"
     momentum: float = 0.9  # sgd only
@@ -65,6 +69,11 @@ class RunConfig:
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     workers: int | None = None  # DataLoader workers; None: 0 for in-memory data, else min(8, cpus)
+    pipeline: str = "auto"  # memory: in-memory data cut and augmented on the device; loader: DataLoader workers
+    decode: str = "cpu"  # device: JPEG files decoded on the GPU (nvJPEG) instead of in workers
+    channels_last: str = "auto"  # auto: channels-last memory format on CUDA
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # distributed runs: BatchNorm statistics over all processes' batches
     seed: int = 0
     output: str | None = None  # None: runs/<dataset>-<backbone>-<time>
     callbacks: list[str] = field(default_factory=list)  # empty: the defaults; "+name" adds, "-name" removes
@@ -94,7 +103,8 @@ HELP = {
     "bn_mode": "norm statistics of frozen layers: frozen | train",
     "cache_features": "frozen backbone only: compute features once and train the head on them",
     "epochs": "number of epochs",
-    "batch_size": "images per step",
+    "batch_size": "images per step (per process in a distributed run)",
+    "accumulate": "micro-batches of --batch-size per optimizer step (gradient accumulation)",
     "lr": "peak learning rate (of the head; groups may scale it)",
     "optimizer": "adamw | sgd",
     "momentum": "SGD momentum",
@@ -114,6 +124,11 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N | mps",
     "amp": "mixed precision on CUDA (bf16 where supported, else fp16)",
     "workers": "DataLoader worker processes (default: 0 for in-memory data, else up to 8)",
+    "pipeline": "auto | memory (in-memory data held and augmented on the device, no DataLoader) | loader",
+    "decode": "cpu | device (JPEG files decoded on the GPU with nvJPEG; needs CUDA and a dataset of files)",
+    "channels_last": "auto (on with CUDA) | on | off: channels-last memory format for convolutions",
+    "compile": "compile the model with torch.compile (slower start, faster steps)",
+    "sync_bn": "distributed runs: synchronise BatchNorm statistics across processes",
     "seed": "random seed; runs on CPU with the same seed are identical",
     "output": "run folder to create; must not already hold files",
     "callbacks": "comma list of callbacks; +name / -name edit the defaults",
@@ -207,6 +222,7 @@ INT_LIMITS = {
     "seed": 2**63 - 1,
     "epochs": 10**6,
     "batch_size": 2**20,
+    "accumulate": 2**16,
     "image_size": 8192,
     "head_hidden": 2**16,
     "workers": 256,
@@ -229,6 +245,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"epochs must be a positive integer, got {config.epochs}")
     if config.batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {config.batch_size}")
+    if config.accumulate <= 0:
+        raise ConfigError(f"accumulate must be a positive integer, got {config.accumulate}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be positive, got {config.lr}")
     if config.image_size is not None and config.image_size <= 0:
@@ -257,5 +275,8 @@ def validate(config: RunConfig) -> None:
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("augment", config.augment, AUGMENTS)
     _choice("bn_mode", config.bn_mode, BN_MODES)
+    _choice("pipeline", config.pipeline, PIPELINES)
+    _choice("decode", config.decode, DECODERS)
+    _choice("channels_last", config.channels_last, SWITCHES)
     if config.device != "auto" and config.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {config.device!r} is not accepted; accepted: auto, cpu, cuda, cuda:N, mps")

@@ -39,21 +39,29 @@ def to_rgb(image: Image.Image | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def build_transform(
+def build_image_transform(
     pre: Preprocessing, image_size: int, train: bool, augment: str, flip: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The transform for one uint8 RGB image: augmentation in training, resize and centre-crop otherwise."""
+    """The geometry for one uint8 RGB image, uint8 out: augmentation in training, resize and centre-crop otherwise.
+
+    Normalising is left to the device (:class:`tlcore.batches.Normalise`): images travel as uint8.
+    """
     interpolation = InterpolationMode(pre.interpolation)
-    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
     if train and augment == "standard":
         steps = [v2.RandomResizedCrop(image_size, scale=TRAIN_CROP_SCALE, interpolation=interpolation, antialias=True)]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
-        return v2.Compose(steps + normalise)
+        return v2.Compose(steps)
     resize = max(image_size, int(round(image_size / pre.crop_pct)))
-    return v2.Compose(
-        [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(image_size)] + normalise
-    )
+    return v2.Compose([v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(image_size)])
+
+
+def build_transform(
+    pre: Preprocessing, image_size: int, train: bool, augment: str, flip: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The whole transform for one uint8 RGB image, normalised float out (inference, one image at a time)."""
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    return v2.Compose([build_image_transform(pre, image_size, train, augment, flip), *normalise])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

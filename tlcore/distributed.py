@@ -8,12 +8,15 @@ DistributedDataParallel, reduces its metrics across processes, and only rank
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from tlcore.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,37 @@ def wrap(model: nn.Module, place: Distributed, device: torch.device) -> nn.Modul
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def sync_batchnorm(module: nn.Module, enabled: bool, place: Distributed, device: torch.device) -> nn.Module:
+    """``--sync-bn``: BatchNorm layers that compute their statistics over every process's batch.
+
+    A no-op for single-process runs. The converted layers keep their
+    parameters (the same objects) and state-dict keys; torch implements the
+    synchronisation for GPUs only.
+    """
+    if not enabled or not place.enabled:
+        return module
+    if device.type != "cuda":
+        raise ConfigError(f"--sync-bn needs CUDA devices; this run uses {device.type} (torch's SyncBatchNorm is GPU-only)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def no_sync(model: nn.Module, place: Distributed, skip: bool):
+    """A context in which DDP does not exchange gradients (micro-batches before the last of a step)."""
+    if skip and place.enabled and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def max_across(values: dict[str, float | None], place: Distributed, device: torch.device) -> dict[str, float | None]:
+    """The largest value of each entry over all processes (peak memory: the busiest process counts)."""
+    if not place.enabled:
+        return values
+    keys = [key for key, value in values.items() if value is not None]
+    packed = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return {**values, **dict(zip(keys, packed.tolist(), strict=True))}
 
 
 def sum_across(values: list[torch.Tensor | float | int], place: Distributed, device: torch.device) -> list[float]:

@@ -35,3 +35,7 @@ class WeightsError(TlcoreError):
 
 class PluginError(TlcoreError):
     """A plugin that raised inside a hook, or broke the contract of one."""
+
+
+class ResourceError(TlcoreError):
+    """The machine ran out of something a run needs (GPU memory, disk space)."""

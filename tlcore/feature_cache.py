@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tlcore.errors import DataError
 
@@ -68,26 +69,30 @@ class CachedFeatures(Dataset):
 @torch.inference_mode()
 def compute_features(
     backbone: nn.Module,
-    loader: DataLoader,
+    batches: Iterable,
+    count: int,
     device: torch.device,
     amp_dtype: torch.dtype | None,
     key: str,
     spill_dir: Path,
     name: str,
 ) -> CachedFeatures:
-    """Run the frozen backbone once over a loader (eval mode), keeping the features in memory or a file."""
+    """Run the frozen backbone once over ``count`` images in dataset order (eval mode), keeping the features.
+
+    ``batches`` yields ``(images, labels, unreadable)`` with images ready on the device
+    (:mod:`tlcore.batches`). The features stay in memory, or go to a file when they would not fit.
+    """
     was_training = backbone.training
     backbone.eval()
-    count = len(loader.dataset)  # type: ignore[arg-type]
     features: torch.Tensor | np.ndarray | None = None
     labels = torch.empty(count, dtype=torch.int64)
     spilled_to = None
     start = 0
-    for images, batch_labels, *unreadable in loader:
-        if unreadable and unreadable[0]:  # a cache must cover every image: no silent gaps
-            raise DataError(f"{unreadable[0][0]}; --cache-features needs every image readable: remove or fix it")
+    for images, batch_labels, unreadable in batches:
+        if unreadable:  # a cache must cover every image: no silent gaps
+            raise DataError(f"{unreadable[0]}; --cache-features needs every image readable: remove or fix it")
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            batch = backbone(images.to(device, non_blocking=True)).float().cpu()
+            batch = backbone(images).float().cpu()
         if features is None:  # the width is known after the first batch
             needed = count * batch.shape[1] * 4
             if needed <= MEMORY_SHARE * available_memory_bytes():
@@ -98,7 +103,7 @@ def compute_features(
                 features = np.lib.format.open_memmap(spilled_to, mode="w+", dtype=np.float32, shape=(count, batch.shape[1]))
         end = start + len(batch)
         features[start:end] = batch.numpy() if isinstance(features, np.ndarray) else batch
-        labels[start:end] = batch_labels
+        labels[start:end] = batch_labels.cpu()
         start = end
     backbone.train(was_training)
     if isinstance(features, np.ndarray):

@@ -67,6 +67,7 @@ def write_run_config(
     head_reused: bool,
     callback_names: list[str],
     amp_dtype,
+    data_path: dict | None = None,
 ) -> None:
     """config.json: the configuration as given, what it resolved to, and the versions that ran it."""
     atomic_write_json(
@@ -88,6 +89,7 @@ def write_run_config(
                 "class_weights": class_weights.tolist() if class_weights is not None else None,
                 "callbacks": callback_names,
                 "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+                **(data_path or {}),
             },
             "versions": versions(),
             "plugins": host.plugin_versions(),

@@ -16,6 +16,13 @@ from tlcore.registry import Register
 
 TINY_BACKBONE = "test:tiny"
 TINY_DATASET = "test:shapes"
+# Metrics that measure the machine (time, memory): they differ between identical runs.
+MEASURED_METRICS = ("seconds", "images_per_second", "peak_host_mb", "peak_gpu_mb", "peak_gpu_reserved_mb")
+
+
+def without_measurements(history: list[dict]) -> list[dict]:
+    """Per-epoch metrics without the time and memory figures, for comparing runs that must be identical."""
+    return [{key: value for key, value in metrics.items() if key not in MEASURED_METRICS} for metrics in history]
 
 
 def tiny_module(width: int = 8) -> nn.Sequential:

@@ -22,6 +22,7 @@ from torch import nn
 
 from tlcore import distributed
 from tlcore.balance import balanced_weights, class_weights, dataset_labels
+from tlcore.batches import MemoryBatches
 from tlcore.build import (
     build_backbone,
     build_callbacks,
@@ -33,23 +34,18 @@ from tlcore.build import (
     reuse_checkpoint_head,
 )
 from tlcore.callbacks.base import CallbackList
+from tlcore.compiled import compile_failure_summary, compile_model, is_compile_failure
 from tlcore.config import RunConfig, build_config
-from tlcore.data import (
-    EpochSampler,
-    KeyedDataset,
-    TransformedDataset,
-    build_transform,
-    collate_skipping,
-    default_workers,
-    make_loader,
-)
+from tlcore.data import EpochSampler
 from tlcore.device import autocast_dtype, pick_device
-from tlcore.errors import ConfigError, DataError, TlcoreError
+from tlcore.errors import ConfigError, DataError, ResourceError, TlcoreError
 from tlcore.feature_cache import compute_features, fingerprint, remove_spill_files
 from tlcore.freeze import Phase, apply_trainable, policy_phases
 from tlcore.interrupt import RunInterrupted, StopRequest
+from tlcore.memory import PeakMemory, is_out_of_memory, out_of_memory_message
 from tlcore.model import Classifier
 from tlcore.optim import make_optimizer, make_scheduler, parameter_groups
+from tlcore.pipeline import build_pipeline
 from tlcore.plugins import PluginHost, get_host
 from tlcore.resume import STATE_FILE, load_train_state, restore_train_state, save_train_state
 from tlcore.rundir import create_output_dir, write_run_config
@@ -79,20 +75,18 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, stop: StopRequest | None = None):
-    """Summed plain cross-entropy, correct count and image count over a loader; None if a stop came first."""
+def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype, stop: StopRequest | None = None):
+    """Summed plain cross-entropy, correct count and image count over a batch source; None if a stop came first."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")  # plain: val_loss compares across runs whatever the training loss
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    for images, labels, *_ in loader:  # unreadable validation images were noted by the dataset and left out
+    for images, labels, _ in batches:  # unreadable validation images were noted by the dataset and left out
         if stop is not None and stop.requested:
             return None
         if labels.numel() == 0:
             continue
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         loss_sum += criterion(logits.float(), labels)
@@ -160,6 +154,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
     place = distributed.setup(device)
     device = distributed.local_device(device, place)
     seed_everything(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every training batch has one shape: autotune the convolutions once
 
     # -- components, by name, from the plugins ------------------------------
     data = build_dataset(config, host)
@@ -181,25 +177,19 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
     if config.cache_features:
         check_cache_features(config, phases)
     callbacks = CallbackList(build_callbacks(config, host) if place.is_main else [])
-    model = Classifier(backbone.module, head).to(device)
+    model = Classifier(distributed.sync_batchnorm(backbone.module, config.sync_bn, place, device), head)
 
-    # -- data: transforms follow the backbone's preprocessing; order and augmentation follow the seed ----
-    pre, flip = backbone.preprocessing, data.flip_invariant
-    augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
-    # tolerant: an undecodable image comes back as Unreadable and the main process decides (skip and count, or stop
-    # under --strict); raised inside a DataLoader worker, it would reach the user wrapped in the worker's traceback
-    train_set = TransformedDataset(data.train, build_transform(pre, image_size, True, augment, flip), config.seed, True)
-    val_set = TransformedDataset(data.val, build_transform(pre, image_size, False, augment, flip), config.seed, True)
+    # -- data: the backbone's preprocessing; order and augmentation follow the seed ----
     needs_labels = config.class_weights is not None or config.balanced_sampler
     train_labels = dataset_labels(data.train) if needs_labels else None
     draw_weights = balanced_weights(train_labels, len(data.classes)) if config.balanced_sampler else None
-    train_sampler = EpochSampler(len(train_set), config.seed, True, draw_weights, place.rank, place.world_size)
-    val_sampler = EpochSampler(len(val_set), config.seed, False, None, place.rank, place.world_size, even=False)
-    workers = default_workers(data.train, config.workers)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, config.batch_size, train_sampler, workers, pin, collate_skipping)
-    val_loader = make_loader(val_set, config.batch_size, val_sampler, workers, pin, collate_skipping)
-    steps_per_epoch = math.ceil(len(train_sampler) / config.batch_size)
+    train_sampler = EpochSampler(len(data.train), config.seed, True, draw_weights, place.rank, place.world_size)
+    val_sampler = EpochSampler(len(data.val), config.seed, False, None, place.rank, place.world_size, even=False)
+    pipeline = build_pipeline(config, data, backbone.preprocessing, image_size, device, train_sampler, val_sampler)
+    memory_format = torch.channels_last if pipeline.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=memory_format)
+    micro_batches = len(pipeline.train)  # batches of --batch-size; --accumulate of them make one optimizer step
+    steps_per_epoch = math.ceil(micro_batches / config.accumulate)
 
     # -- optimisation: groups built once, whatever the policy unfreezes later -
     optimizer = make_optimizer(parameter_groups(backbone, head, config), config, device)
@@ -228,6 +218,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
             head_reused,
             callbacks.names(),
             amp_dtype,
+            {**pipeline.describe(), "effective_batch": config.batch_size * config.accumulate * place.world_size},
         )
     else:
         output_dir = Path(config.output or "")
@@ -244,49 +235,50 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
         steps_per_epoch,
         place=place,
     )
+    memory = PeakMemory(device)
+    phase = "feature caching" if config.cache_features else "training"  # what was running if memory runs out
+    train_module, caches = model, []
+    train_batches, val_batches = pipeline.train, pipeline.val
 
-    # -- the frozen-backbone fast path: features once, then the head alone ----
-    train_module, caches, key = model, [], None
-    if config.cache_features:
-        key = fingerprint(
-            {
-                "backbone": config.backbone,
-                "weights": backbone.weights,
-                "image_size": image_size,
-                "preprocessing": pre.to_dict(),
-                "data": run.data_identity(),
-                "sizes": [len(data.train), len(data.val)],
-            }
-        )
-        caches = [  # in dataset order; train_set has no augmentation here
-            compute_features(
-                backbone.module,
-                make_loader(dataset, config.batch_size, None, workers, pin),
-                device,
-                amp_dtype,
-                key,
-                output_dir / ".feature-cache",
-                name,
-            )
-            for name, dataset in (("train", train_set), ("val", val_set))
-        ]
-        # the same samplers as the slow path: the same images in the same order
-        train_loader = make_loader(KeyedDataset(caches[0]), config.batch_size, train_sampler, 0, False, collate_skipping)
-        val_loader = make_loader(KeyedDataset(caches[1]), config.batch_size, val_sampler, 0, False, collate_skipping)
-        train_module = head
-
-    # -- resuming: every tensor, generator and counter as it was saved ------
-    start_epoch, start_step, running = 0, 0, {}
-    if state is not None:
-        running = restore_train_state(
-            state, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, callbacks=callbacks.callbacks
-        )
-        run.history = list(state.record["history"])
-        start_epoch, start_step, run.step = state.record["epoch"], state.record["epoch_step"], state.record["step"]
-
-    callbacks.on_fit_start(run)
-    trainable_now, step_model = None, train_module
     try:
+        # -- the frozen-backbone fast path: features once, then the head alone ----
+        if config.cache_features:
+            key = fingerprint(
+                {
+                    "backbone": config.backbone,
+                    "weights": backbone.weights,
+                    "image_size": image_size,
+                    "preprocessing": backbone.preprocessing.to_dict(),
+                    "data": run.data_identity(),
+                    "sizes": [len(data.train), len(data.val)],
+                }
+            )
+            spill_dir = output_dir / ".feature-cache"
+            caches = [  # in dataset order, unaugmented
+                compute_features(backbone.module, source, len(split), device, amp_dtype, key, spill_dir, name)
+                for name, source, split in (
+                    ("train", pipeline.unaugmented("train"), data.train),
+                    ("val", pipeline.unaugmented("val"), data.val),
+                )
+            ]
+            # the same samplers as the slow path: the same images in the same order, cut from memory
+            bs = config.batch_size
+            train_batches = MemoryBatches(caches[0].features, caches[0].labels, train_sampler, bs, device, None)
+            val_batches = MemoryBatches(caches[1].features, caches[1].labels, val_sampler, bs, device, None)
+            train_module = head
+        forward_model = compile_model(train_module) if config.compile else train_module
+
+        # -- resuming: every tensor, generator and counter as it was saved ------
+        start_epoch, start_step, running = 0, 0, {}
+        if state is not None:
+            running = restore_train_state(
+                state, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, callbacks=callbacks.callbacks
+            )
+            run.history = list(state.record["history"])
+            start_epoch, start_step, run.step = state.record["epoch"], state.record["epoch_step"], state.record["step"]
+
+        callbacks.on_fit_start(run)
+        trainable_now, step_model = None, forward_model
         with StopRequest() as stop:
             for epoch in range(start_epoch, config.epochs):
                 resumed = state is not None and epoch == start_epoch and start_step > 0
@@ -295,42 +287,53 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                 # the policy decides what trains this epoch; frozen layers stay in eval mode
                 trainable = policy.trainable_groups(group_names, epoch)
                 model.set_keep_in_eval(apply_trainable(model, backbone, trainable, config.bn_mode, policy))
-                if trainable != trainable_now:  # DDP must see the new set of trainable parameters
-                    step_model, trainable_now = distributed.wrap(train_module, place, device), trainable
+                if trainable != trainable_now and place.enabled:  # DDP must see the new set of trainable parameters
+                    step_model = distributed.wrap(train_module, place, device)
+                    step_model = compile_model(step_model) if config.compile else step_model
+                trainable_now = trainable
                 step_model.train()
                 model.train()
                 run.train_loss_sum, correct = epoch_sums(running if resumed else {}, device)
-                train_sampler.set_epoch(epoch, run.epoch_step * config.batch_size)
+                # resuming mid-epoch: skip the micro-batches of the optimizer steps already taken
+                train_sampler.set_epoch(epoch, run.epoch_step * config.accumulate * config.batch_size)
                 first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
+                remaining = len(train_batches)  # micro-batches left this epoch: the last step may take fewer
+                phase = "training"
+                memory.reset()
                 started = time.perf_counter()
                 callbacks.on_epoch_start(run)
 
-                for images, labels, unreadable in train_loader:
+                for micro, (images, labels, unreadable) in enumerate(train_batches):
                     note_unreadable(run, unreadable, config.strict)
-                    if labels.numel() == 0:  # every image of the batch was unreadable
+                    in_step = min(config.accumulate, remaining - micro // config.accumulate * config.accumulate)
+                    last_of_step = (micro + 1) % config.accumulate == 0 or micro + 1 == remaining
+                    if labels.numel() == 0 and not last_of_step:  # every image of the batch was unreadable
                         continue
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = step_model(images)
-                        loss = criterion(logits.float(), labels)
-                    if config.skip_nonfinite and not torch.isfinite(loss):  # the one opt-in host sync per step
-                        run.nonfinite_batches += 1
+                    if labels.numel() > 0:
+                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            logits = step_model(images)
+                            loss = criterion(logits.float(), labels)
+                        if config.skip_nonfinite and not torch.isfinite(loss):  # the one opt-in host sync per step
+                            run.nonfinite_batches += 1
+                        else:
+                            # no sync: the first non-finite step is remembered on the device, read at the epoch's end
+                            first_nonfinite = torch.where(
+                                (first_nonfinite < 0) & ~torch.isfinite(loss.detach()), run.epoch_step + 1, first_nonfinite
+                            )
+                            # gradients add up over the step's micro-batches; DDP exchanges them once, at the last
+                            with distributed.no_sync(step_model, place, not last_of_step):
+                                scaler.scale(loss / in_step).backward()
+                            # accumulate on the device: no host synchronisation per step
+                            run.train_loss_sum += loss.detach() * labels.numel()
+                            correct += (logits.detach().argmax(dim=1) == labels).sum()
+                            run.epoch_images += len(labels)
+                    if not last_of_step:
                         continue
-                    # no sync: the first non-finite step is remembered on the device and read at the epoch's end
-                    first_nonfinite = torch.where(
-                        (first_nonfinite < 0) & ~torch.isfinite(loss.detach()), run.epoch_step + 1, first_nonfinite
-                    )
-                    optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters get no update at all
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
+                    scaler.step(optimizer)  # parameters without a gradient (frozen, or all skipped) stay as they are
                     scaler.update()
+                    optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters get no update at all
                     scheduler.step()
-                    # accumulate on the device: no host synchronisation per step
-                    run.train_loss_sum += loss.detach() * labels.numel()
-                    correct += (logits.detach().argmax(dim=1) == labels).sum()
                     run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
-                    run.epoch_images += len(labels)
                     callbacks.on_train_batch_end(run)
                     if stop.requested:  # Ctrl-C or SIGTERM: stop at this step boundary
                         break
@@ -342,7 +345,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                         "nothing after the last completed epoch was saved; lower --lr, or pass --skip-nonfinite"
                     )
                 distributed.sync_buffers(model, place)
-                val = None if stop.requested else evaluate(train_module, val_loader, device, amp_dtype, stop)
+                phase = "validation"
+                val = None if stop.requested else evaluate(forward_model, val_batches, device, amp_dtype, stop)
                 if distributed.broadcast_flag(val is None, place, device):
                     raise _interrupt(run, stop, state_args=(scaler, callbacks, correct))
                 totals = distributed.sum_across(
@@ -360,6 +364,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     "unreadable_images": len(run.unreadable),
                     "nonfinite_batches": run.nonfinite_batches,
                     "seconds": time.perf_counter() - started,
+                    **distributed.max_across(memory.read(), place, device),
                 }
                 run.history.append(metrics)
                 callbacks.on_epoch_end(run, metrics)
@@ -368,6 +373,13 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     _save(run, epoch + 1, scaler, callbacks, {})
                 if distributed.broadcast_flag(run.should_stop, place, device):
                     break
+    except Exception as error:
+        if is_out_of_memory(error):
+            message = out_of_memory_message(device, config.batch_size, config.accumulate, image_size, phase)
+            raise ResourceError(message) from error
+        if config.compile and is_compile_failure(error):
+            raise ConfigError(f"--compile failed: {compile_failure_summary(error)}; run without --compile") from error
+        raise
     finally:
         remove_spill_files(*caches)
 

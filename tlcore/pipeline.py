@@ -1,0 +1,141 @@
+"""Choosing and building a run's data pipeline: in memory on the device, or through a DataLoader.
+
+``--pipeline auto`` holds data sets that live in memory (CIFAR, digits: a
+:class:`~tlcore.dataset.TensorImageDataset` per split) on the device and
+cuts, augments and normalises their batches there; data read from files goes
+through DataLoader workers that decode and crop each image in uint8, and is
+normalised on the device. ``--decode device`` has the GPU decode JPEG files
+too (:mod:`tlcore.device_decode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tlcore.backbone import Preprocessing
+from tlcore.batches import LoaderBatches, MemoryBatches, MemoryTransform, Normalise
+from tlcore.config import RunConfig
+from tlcore.data import (
+    EpochSampler,
+    TransformedDataset,
+    build_image_transform,
+    collate_skipping,
+    default_workers,
+    make_loader,
+)
+from tlcore.dataset import DatasetSplits, TensorImageDataset
+from tlcore.errors import ConfigError
+
+Batches = LoaderBatches | MemoryBatches
+
+
+def choose_pipeline(config: RunConfig, data: DatasetSplits) -> str:
+    """``memory`` or ``loader``: what ``--pipeline`` resolves to for this data."""
+    in_memory = isinstance(data.train, TensorImageDataset) and isinstance(data.val, TensorImageDataset)
+    if config.pipeline == "memory" and not in_memory:
+        raise ConfigError(
+            f"--pipeline memory needs a dataset held in memory (such as digits or cifar10); {config.dataset!r} "
+            "reads its images one by one: use --pipeline loader or auto"
+        )
+    if config.decode == "device" and in_memory:
+        raise ConfigError(f"--decode device decodes image files; {config.dataset!r} is held in memory: use --decode cpu")
+    if config.pipeline == "auto":
+        return "memory" if in_memory else "loader"
+    return config.pipeline
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """``--channels-last``: auto turns it on with CUDA, where convolutions run faster in that layout."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+@dataclass
+class Pipeline:
+    """The training and validation batch sources of a run, and how they were made."""
+
+    train: Batches
+    val: Batches
+    kind: str  # "memory" or "loader"
+    channels_last: bool
+    workers: int  # DataLoader workers (0 for the memory pipeline)
+    unaugmented: Callable[[str], Batches]  # "train" or "val": all its images in dataset order, unaugmented
+
+    def describe(self) -> dict:
+        """What config.json records of the data path."""
+        held = getattr(self.train, "held_on", None)
+        return {
+            "pipeline": self.kind,
+            "channels_last": self.channels_last,
+            "workers": self.workers,
+            "data_held_on": str(held) if held is not None else None,
+        }
+
+
+def build_pipeline(
+    config: RunConfig,
+    data: DatasetSplits,
+    pre: Preprocessing,
+    image_size: int,
+    device: torch.device,
+    train_sampler: EpochSampler,
+    val_sampler: EpochSampler,
+) -> Pipeline:
+    """The batch sources for this run's data, device and options."""
+    kind = choose_pipeline(config, data)
+    channels_last = use_channels_last(config.channels_last, device)
+    normalise = Normalise(pre, device, channels_last)
+    flip, size, batch = data.flip_invariant, image_size, config.batch_size
+    augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
+
+    if kind == "memory":
+
+        def memory(split: TensorImageDataset, sampler: EpochSampler, train: bool) -> MemoryBatches:
+            transform = MemoryTransform(pre, size, train, augment, flip, normalise)
+            return MemoryBatches(split.images, split.labels, sampler, batch, device, transform, config.seed)
+
+        sources = {"train": memory(data.train, train_sampler, True), "val": memory(data.val, val_sampler, False)}
+        plain = MemoryTransform(pre, size, False, "none", flip, normalise)
+        return Pipeline(
+            sources["train"],
+            sources["val"],
+            kind,
+            channels_last,
+            0,
+            lambda split: sources[split].sibling(None, plain),  # shares the images already placed on the device
+        )
+
+    if config.decode == "device":
+        from tlcore.device_decode import decoded_batches  # only runs that ask for GPU decoding need it
+
+        workers = default_workers(data.train, config.workers)
+        return Pipeline(
+            decoded_batches(data.train, train_sampler, config, pre, size, True, augment, flip, normalise, workers),
+            decoded_batches(data.val, val_sampler, config, pre, size, False, augment, flip, normalise, workers),
+            kind,
+            channels_last,
+            workers,
+            lambda split: decoded_batches(
+                getattr(data, split), None, config, pre, size, False, "none", flip, normalise, workers
+            ),
+        )
+
+    # tolerant: an undecodable image comes back as Unreadable and the main process decides (skip and count, or stop
+    # under --strict); raised inside a DataLoader worker, it would reach the user wrapped in the worker's traceback
+    workers = default_workers(data.train, config.workers)
+    pin = device.type == "cuda"
+
+    def loader(split, sampler: EpochSampler | None, train: bool) -> LoaderBatches:
+        dataset = TransformedDataset(split, build_image_transform(pre, size, train, augment, flip), config.seed, True)
+        return LoaderBatches(make_loader(dataset, batch, sampler, workers, pin, collate_skipping), normalise, device)
+
+    return Pipeline(
+        loader(data.train, train_sampler, True),
+        loader(data.val, val_sampler, False),
+        kind,
+        channels_last,
+        workers,
+        lambda split: loader(getattr(data, split), None, False),
+    )
