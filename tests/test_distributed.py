@@ -16,7 +16,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not found")
 
 SCRIPT = """
-import os, sys, torch
+import json, os, sys, torch
 from tlcore.config import build_config
 from tlcore.plugins import reset_host
 from tlcore.testing import TinyPlugin
@@ -26,7 +26,8 @@ torch.set_num_threads(1)
 host = reset_host(load_installed=False)
 host.register(TinyPlugin(), "tiny")
 config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=3, batch_size=4,
-                                     freeze="gradual", unfreeze_start=1, output=sys.argv[1], callbacks=["-progress"]))
+                                     freeze="gradual", unfreeze_start=1, output=sys.argv[1], callbacks=["-progress"],
+                                     **json.loads(sys.argv[3])))
 result = fit(config, host)
 torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
 """
@@ -38,11 +39,16 @@ def torchrun(*args, env=None):
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=full_env)
 
 
-def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"accumulate": 2, "pipeline": "loader", "workers": 0}],
+    ids=["memory-pipeline", "accumulate-2-loader-pipeline"],
+)
+def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path, options):
     script = tmp_path / "ddp_fit.py"
     script.write_text(SCRIPT)
     out = tmp_path / "run"
-    done = torchrun(str(script), str(out), str(tmp_path))
+    done = torchrun(str(script), str(out), str(tmp_path), json.dumps(options))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -52,6 +58,8 @@ def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path):
     assert lines[1]["trainable_groups"] == ["stage2"]
     config = json.loads((out / "config.json").read_text())
     assert config["resolved"]["train_images"] == 36
+    assert config["resolved"]["effective_batch"] == 4 * 2 * options.get("accumulate", 1)
+    assert config["resolved"]["pipeline"] == options.get("pipeline", "memory")
 
 
 def test_torchrun_dash_m_tlcore_run(tmp_path):

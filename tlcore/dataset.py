@@ -31,7 +31,11 @@ class DatasetSplits:
     any mode or a ``uint8`` tensor ``(C, H, W)`` with C in {1, 3}, and ``label``
     an int index into ``classes``. A dataset that can list its labels without
     loading images exposes them as ``targets`` (torchvision's convention);
-    class weights and balanced sampling use it.
+    class weights and balanced sampling use it. Splits held in memory as
+    :class:`TensorImageDataset` go through the memory pipeline (placed on the
+    device, batches cut and augmented there); a dataset of files that lists
+    them as ``samples`` (``(path, label)`` pairs) can be decoded on the GPU
+    (``--decode device``).
     """
 
     classes: list[str]

@@ -40,6 +40,7 @@ class RunState:
     unreadable: list[str] = field(default_factory=list)  # why each skipped image could not be read, first seen first
     nonfinite_batches: int = 0  # batches skipped for a NaN or infinite loss (--skip-nonfinite)
     place: Distributed = field(default_factory=Distributed)  # rank and world size in a torch.distributed run
+    pipeline: str = "loader"  # where batches come from: "memory" (held on the device) or "loader" (DataLoader)
 
     def checkpoint_info(self, metrics: dict) -> CheckpointInfo:
         """What a checkpoint of the model at this point must carry to rebuild it alone."""

@@ -234,6 +234,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
         image_size,
         steps_per_epoch,
         place=place,
+        pipeline=pipeline.kind,
     )
     memory = PeakMemory(device)
     phase = "feature caching" if config.cache_features else "training"  # what was running if memory runs out
@@ -338,6 +339,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     if stop.requested:  # Ctrl-C or SIGTERM: stop at this step boundary
                         break
 
+                if device.type == "cuda":  # the clock must include the steps still queued on the GPU
+                    torch.cuda.synchronize(device)
                 train_seconds = time.perf_counter() - started
                 if int(first_nonfinite) >= 0:  # the weights are damaged from that step on: stop before saving them
                     raise NonFiniteLoss(

@@ -39,9 +39,11 @@ class Progress(Callback):
 
     def on_fit_start(self, run: RunState) -> None:
         """Say what is about to train, and where it is written."""
+        batch = f"batch {run.config.batch_size}" + (f"x{run.config.accumulate}" if run.config.accumulate > 1 else "")
         print(
             f"tlcore: {run.config.backbone} ({run.backbone.weights}) on {run.config.dataset}, "
-            f"{len(run.classes)} classes, {run.image_size}px, {run.device.type}; writing {run.output_dir}",
+            f"{len(run.classes)} classes, {run.image_size}px, {batch}, {run.device.type}, "
+            f"{run.pipeline} pipeline; writing {run.output_dir}",
             file=self.stream,
             flush=True,
         )
