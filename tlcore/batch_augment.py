@@ -27,6 +27,16 @@ def to_three_channels(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (crop boxes, flip coins) on ``device`` without stalling the host.
+
+    From pageable memory a copy to the GPU waits for the GPU's queue; from pinned memory it is queued behind it.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_boxes(
     count: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,16 +83,17 @@ def random_resized_crop(
 ) -> torch.Tensor:
     """Crop each image of ``images`` (N, C, H, W) to its box, resize to ``size``, flip where asked.
 
+    ``boxes`` and ``flips`` are CPU tensors (as :func:`random_crop_boxes` draws them).
     Returns float32 in the input's value range (0..255 for uint8 input).
     ``roi_align`` samples bilinearly at ``aligned`` pixel centres and averages
     ``ceil(box / size)`` samples per output pixel, so shrinking crops are
     filtered rather than aliased.
     """
-    owners = torch.arange(len(images), device=images.device, dtype=torch.float32)[:, None]  # the image of each box
-    rois = torch.cat([owners, boxes.to(images.device)], 1)
+    owners = torch.arange(len(images), dtype=torch.float32)[:, None]  # the image each box belongs to
+    rois = to_device_async(torch.cat([owners, boxes], 1), images.device)
     out = roi_align(images.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
     if flips is not None:
-        out = torch.where(flips.to(images.device)[:, None, None, None], out.flip(-1), out)
+        out = torch.where(to_device_async(flips, images.device)[:, None, None, None], out.flip(-1), out)
     return out
 
 

@@ -26,7 +26,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from tlcore.backbone import Preprocessing
-from tlcore.batch_augment import random_crop_boxes, random_resized_crop, resize_center_crop, to_three_channels
+from tlcore.batch_augment import (
+    random_crop_boxes,
+    random_resized_crop,
+    resize_center_crop,
+    to_device_async,
+    to_three_channels,
+)
 from tlcore.data import TRAIN_CROP_SCALE, EpochSampler, sample_seed
 
 DEVICE_MEMORY_SHARE = 0.5  # in-memory data is placed on a GPU when it takes at most this share of its free memory
@@ -107,7 +113,7 @@ def storage_device(nbytes: int, device: torch.device) -> torch.device:
 
 
 class MemoryBatches:
-    """Batches cut by index from tensors held on the device (or pinned host memory when they do not fit).
+    """Batches cut by index from tensors held on the device (or in host memory when they do not fit there).
 
     ``sampler`` gives the order and the epoch (None: dataset order, epoch 0);
     ``transform(batch, seed)`` prepares each batch (None: used as stored, as
@@ -127,8 +133,6 @@ class MemoryBatches:
     ):
         where = storage_device(data.numel() * data.element_size(), device)
         self.data = data.to(where)
-        if where.type == "cpu" and device.type == "cuda":
-            self.data = self.data.pin_memory()  # batches then copy to the GPU asynchronously
         self.labels = labels.to(device)
         self.held_on = where
         self.sampler, self.batch_size, self.device = sampler, batch_size, device
@@ -154,7 +158,9 @@ class MemoryBatches:
         order_on_device = order.to(self.device)
         for position in range(0, len(order), self.batch_size):
             picked = order_on_data[position : position + self.batch_size]
-            batch = self.data.index_select(0, picked).to(self.device, non_blocking=True)
+            batch = self.data.index_select(0, picked)
+            if batch.device != self.device:  # held in host memory: the batch crosses, pinned, without a stall
+                batch = to_device_async(batch, self.device)
             labels = self.labels.index_select(0, order_on_device[position : position + self.batch_size])
             if self.transform is not None:
                 batch = self.transform(batch, sample_seed(self.seed, epoch, start + position))

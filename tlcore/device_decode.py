@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from tlcore.backbone import Preprocessing
-from tlcore.batch_augment import random_crop_boxes, random_resized_crop, resize_center_crop
+from tlcore.batch_augment import random_crop_boxes, random_resized_crop, resize_center_crop, to_device_async
 from tlcore.batches import Batch, Normalise
 from tlcore.config import RunConfig
 from tlcore.data import TRAIN_CROP_SCALE, EpochSampler, Unreadable, make_loader, sample_seed
@@ -72,7 +72,7 @@ def decode_on(device: torch.device, data: list[torch.Tensor], paths: list[str]) 
     for i, raw in enumerate(data):
         if decoded[i] is None:
             try:
-                decoded[i] = decode_image(raw, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+                decoded[i] = to_device_async(decode_image(raw, mode=ImageReadMode.RGB), device)
             except RuntimeError as error:
                 decoded[i] = f"cannot decode image {paths[i]}: {' '.join(str(error).split())}"
     return decoded  # type: ignore[return-value]
@@ -118,7 +118,7 @@ class DecodedBatches:
             if not images:
                 yield torch.empty(0), torch.empty(0, dtype=torch.int64), unreadable
                 continue
-            labels = labels[kept].to(device, non_blocking=True)
+            labels = to_device_async(labels[kept], device)
             yield self.normalise(torch.cat(images)), labels, unreadable
 
     def _geometry(self, image: torch.Tensor, seed: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
+from tlcore.background import BackgroundWrite
 from tlcore.errors import ConfigError
 from tlcore.files import atomic_write_bytes
 from tlcore.weights import read_weights_file
@@ -53,9 +54,21 @@ class TrainState:
 
 
 def save_train_state(
-    path: Path, *, model, optimizer, scheduler, scaler, callbacks, record: dict, running: dict[str, torch.Tensor]
+    path: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    callbacks,
+    record: dict,
+    running: dict[str, torch.Tensor],
+    writer: BackgroundWrite | None = None,
 ) -> None:
-    """Write the state atomically; ``record`` holds the position (epoch, epoch_step, step, ...)."""
+    """Write the state atomically; ``record`` holds the position (epoch, epoch_step, step, ...).
+
+    Everything is copied now; with ``writer`` the serialising and writing happen on its thread.
+    """
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     plain_state: dict[str, dict] = {}
@@ -86,7 +99,15 @@ def save_train_state(
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         },
     }
-    atomic_write_bytes(Path(path), save(tensors, metadata={"tlcore_train_state": json.dumps(full_record)}))
+    metadata = {"tlcore_train_state": json.dumps(full_record)}
+
+    def write() -> None:
+        atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+
+    if writer is None:
+        write()
+    else:
+        writer.submit(write)
 
 
 def load_train_state(run_dir: Path) -> TrainState:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tlcore import distributed
+from tlcore.background import BackgroundWrite
 from tlcore.balance import balanced_weights, class_weights, dataset_labels
 from tlcore.batches import MemoryBatches
 from tlcore.build import (
@@ -237,6 +238,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
         pipeline=pipeline.kind,
     )
     memory = PeakMemory(device)
+    state_writer = BackgroundWrite()
     phase = "feature caching" if config.cache_features else "training"  # what was running if memory runs out
     train_module, caches = model, []
     train_batches, val_batches = pipeline.train, pipeline.val
@@ -266,7 +268,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
             bs = config.batch_size
             train_batches = MemoryBatches(caches[0].features, caches[0].labels, train_sampler, bs, device, None)
             val_batches = MemoryBatches(caches[1].features, caches[1].labels, val_sampler, bs, device, None)
-            train_module = head
+            train_module, pipeline = head, None  # the images are not needed again: free the memory they hold
         forward_model = compile_model(train_module) if config.compile else train_module
 
         # -- resuming: every tensor, generator and counter as it was saved ------
@@ -351,6 +353,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                 phase = "validation"
                 val = None if stop.requested else evaluate(forward_model, val_batches, device, amp_dtype, stop)
                 if distributed.broadcast_flag(val is None, place, device):
+                    state_writer.wait()  # the last epoch's state lands before the mid-epoch one replaces it
                     raise _interrupt(run, stop, state_args=(scaler, callbacks, correct))
                 totals = distributed.sum_across(
                     [run.train_loss_sum, correct, run.epoch_images, val[0], val[1], val[2]], place, device
@@ -370,10 +373,11 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     **distributed.max_across(memory.read(), place, device),
                 }
                 run.history.append(metrics)
+                state_writer.wait()  # files reach the disk in epoch order: the last state first
                 callbacks.on_epoch_end(run, metrics)
                 run.epoch_step, run.epoch_images = 0, 0
                 if place.is_main:
-                    _save(run, epoch + 1, scaler, callbacks, {})
+                    _save(run, epoch + 1, scaler, callbacks, {}, state_writer)  # written while the next epoch trains
                 if distributed.broadcast_flag(run.should_stop, place, device):
                     break
     except Exception as error:
@@ -385,6 +389,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
         raise
     finally:
         remove_spill_files(*caches)
+        state_writer.wait()  # whatever ended the run, the last completed epoch's state is on disk
 
     callbacks.on_fit_end(run)
     distributed.teardown(place)
@@ -396,7 +401,9 @@ def _rate_of_step(optimizer: torch.optim.Optimizer, scheduler, step: int) -> flo
     return optimizer.param_groups[-1]["initial_lr"] * scheduler.lr_lambdas[-1](max(step, 0))
 
 
-def _save(run: RunState, epoch: int, scaler, callbacks: CallbackList, running: dict) -> None:
+def _save(
+    run: RunState, epoch: int, scaler, callbacks: CallbackList, running: dict, writer: BackgroundWrite | None = None
+) -> None:
     """Write the resumable state: ``epoch`` is the one to continue with, at ``run.epoch_step``."""
     save_train_state(
         run.output_dir / STATE_FILE,
@@ -414,6 +421,7 @@ def _save(run: RunState, epoch: int, scaler, callbacks: CallbackList, running: d
             "history": run.history,
             "config": run.config.to_dict(),
         },
+        writer=writer,
     )
 
 
