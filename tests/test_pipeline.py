@@ -159,8 +159,24 @@ def test_resized_crop_of_the_whole_image_is_the_image_and_flips():
     assert torch.equal(random_resized_crop(images, 12, whole, None), images.float())
     flipped = random_resized_crop(images, 12, whole, torch.tensor([True, False, True]))
     assert torch.equal(flipped[0], images[0].float().flip(-1)) and torch.equal(flipped[1], images[1].float())
-    half = torch.tensor([[0.0, 0.0, 6.0, 12.0]]).expand(3, 4)  # the left half, stretched to 12x12
-    assert torch.allclose(random_resized_crop(images, 12, half, None)[:, :, :, 0], images[:, :, :, 0].float(), atol=64)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("height, width, size", [(8, 8, 64), (32, 32, 32), (24, 30, 96)])
+def test_batched_crops_equal_torchvisions_crop_then_resize(interpolation, height, width, size):
+    # the batch sees what the per-image path would: its box only, with the backbone's interpolation (up to rounding)
+    images = torch.randint(0, 256, (24, 3, height, width), dtype=torch.uint8)
+    boxes, _ = random_crop_boxes(24, height, width, (0.35, 1.0), torch.Generator().manual_seed(4))
+    batched = random_resized_crop(images, size, boxes, None, interpolation)
+    mode = v2.InterpolationMode(interpolation)
+    per_image = torch.stack(
+        [
+            v2.functional.resized_crop(image, int(top), int(left), int(bottom - top), int(right - left), [size, size],
+                                       interpolation=mode, antialias=True)
+            for image, (left, top, right, bottom) in zip(images, boxes.tolist(), strict=True)
+        ]
+    ).float()  # fmt: skip
+    assert (batched - per_image).abs().max() <= 2 and (batched - per_image).abs().mean() < 0.4
 
 
 def test_resize_center_crop_matches_the_per_image_transform():

@@ -98,7 +98,9 @@ class MemoryTransform:
         if self.augmented:
             generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same crops on every device
             boxes, flips = random_crop_boxes(len(images), images.shape[2], images.shape[3], TRAIN_CROP_SCALE, generator)
-            images = random_resized_crop(images, self.image_size, boxes, flips if self.flip else None)
+            images = random_resized_crop(
+                images, self.image_size, boxes, flips if self.flip else None, self.pre.interpolation
+            )
         else:
             images = resize_center_crop(images, self.image_size, self.resize, self.pre.interpolation)
         return self.normalise(to_three_channels(images))  # grey expands after resizing: one channel's work

@@ -128,7 +128,7 @@ class DecodedBatches:
             return resize_center_crop(batch, self.size, self.resize, self.pre.interpolation)
         generator = torch.Generator().manual_seed(seed)
         boxes, flips = random_crop_boxes(1, image.shape[1], image.shape[2], TRAIN_CROP_SCALE, generator)
-        return random_resized_crop(batch, self.size, boxes, flips if self.flip else None)
+        return random_resized_crop(batch, self.size, boxes, flips if self.flip else None, self.pre.interpolation)
 
 
 def decoded_batches(
