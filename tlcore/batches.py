@@ -65,7 +65,7 @@ class Normalise:
 class LoaderBatches:
     """Batches from a DataLoader of uint8 images, normalised on the device."""
 
-    def __init__(self, loader: DataLoader, normalise: Normalise | None, device: torch.device):
+    def __init__(self, loader: DataLoader, normalise: Normalise, device: torch.device):
         self.loader, self.normalise, self.device = loader, normalise, device
         self.sampler = loader.sampler if isinstance(loader.sampler, EpochSampler) else None  # None: dataset order
 
@@ -77,12 +77,7 @@ class LoaderBatches:
             if labels.numel() == 0:  # every image of the batch was unreadable
                 yield images, labels, unreadable
                 continue
-            labels = labels.to(self.device, non_blocking=True)
-            if self.normalise is not None:
-                images = self.normalise(images)
-            else:
-                images = images.to(self.device, non_blocking=True)
-            yield images, labels, unreadable
+            yield self.normalise(images), labels.to(self.device, non_blocking=True), unreadable
 
 
 class MemoryTransform:

@@ -122,19 +122,6 @@ class TransformedDataset(Dataset):
             return self.transform(image), int(label)
 
 
-class KeyedDataset(Dataset):
-    """Lets a dataset indexed by int accept ``(epoch, index)`` keys too (cached features have no randomness)."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, key):
-        return self.base[key[1] if isinstance(key, tuple) else key]
-
-
 class EpochSampler(Sampler):
     """Yields ``(epoch, index)`` keys in an order that depends only on the seed and the epoch.
 

@@ -107,10 +107,10 @@ def build_pipeline(
             lambda split: sources[split].sibling(None, plain),  # shares the images already placed on the device
         )
 
+    workers = default_workers(data.train, config.workers)
     if config.decode == "device":
         from tlcore.device_decode import decoded_batches  # only runs that ask for GPU decoding need it
 
-        workers = default_workers(data.train, config.workers)
         return Pipeline(
             decoded_batches(data.train, train_sampler, config, pre, size, True, augment, flip, normalise, workers),
             decoded_batches(data.val, val_sampler, config, pre, size, False, augment, flip, normalise, workers),
@@ -124,7 +124,6 @@ def build_pipeline(
 
     # tolerant: an undecodable image comes back as Unreadable and the main process decides (skip and count, or stop
     # under --strict); raised inside a DataLoader worker, it would reach the user wrapped in the worker's traceback
-    workers = default_workers(data.train, config.workers)
     pin = device.type == "cuda"
 
     def loader(split, sampler: EpochSampler | None, train: bool) -> LoaderBatches:
