@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
+from tlcore_datasets import digits
 from tlcore_datasets.digits import load_digits_dataset
 
 from tlcore.dataset import DatasetOptions, TensorImageDataset
@@ -45,3 +51,37 @@ def test_bad_fraction_and_negative_seed():
         load_digits_dataset("digits", DatasetOptions(val_fraction=1.0))
     first = load_digits_dataset("digits", DatasetOptions(seed=-5))
     assert torch.equal(first.val.labels, load_digits_dataset("digits", DatasetOptions(seed=-5)).val.labels)
+
+
+def test_the_shipped_file_is_read_as_scikit_learn_reads_it():
+    from sklearn.datasets import load_digits
+
+    expected = load_digits()
+    pixels, labels = digits._read_table(digits.digits_file())
+    assert np.array_equal(pixels, expected.data) and np.array_equal(labels, expected.target)
+
+
+def test_loading_does_not_import_scikit_learn():
+    code = (
+        "import sys; from tlcore_datasets.digits import _digits_arrays; images, labels = _digits_arrays(); "
+        "assert images.shape == (1797, 1, 8, 8), images.shape; print('sklearn' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong shape"])
+def test_a_missing_or_odd_file_falls_back_to_scikit_learn(tmp_path, monkeypatch, damage):
+    expected_images, expected_labels = digits._digits_arrays()
+    odd = tmp_path / "digits.csv.gz"
+    if damage == "truncated":
+        odd.write_bytes(gzip.compress(b"0,1,2\n")[:10])
+    elif damage == "wrong shape":
+        odd.write_bytes(gzip.compress(b"0,1,2\n3,4,5\n"))
+    monkeypatch.setattr(digits, "digits_file", lambda: None if damage == "missing" else odd)
+    digits._digits_arrays.cache_clear()
+    try:
+        images, labels = digits._digits_arrays()
+    finally:
+        digits._digits_arrays.cache_clear()
+    assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
