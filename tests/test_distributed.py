@@ -87,3 +87,58 @@ def test_torchrun_dash_m_tlcore_run(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "best.safetensors").exists()
     assert done.stderr.count("writing ") == 1  # only rank 0 prints and writes
+
+
+NAN_ON_ONE_RANK = """
+import json, os, sys, torch
+from torch import nn
+import tlcore
+from tlcore.config import build_config
+from tlcore.plugins import reset_host
+from tlcore.testing import TinyPlugin
+from tlcore.train import fit
+
+
+class NanOnRankOne(nn.Module):
+    # a linear head whose logits are NaN at the third training forward, on rank 1 only
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(in_features, num_classes), 0
+
+    def forward(self, x):
+        self.calls += self.training
+        logits = self.fc(x)
+        return logits * float("nan") if self.training and self.calls == 3 and os.environ["RANK"] == "1" else logits
+
+
+class NanPlugin:
+    @tlcore.hookimpl
+    def tlcore_register_heads(self, register):
+        register("test:nan-rank1", lambda in_features, num_classes, options: NanOnRankOne(in_features, num_classes))
+
+
+torch.set_num_threads(1)
+host = reset_host(load_installed=False)
+host.register(TinyPlugin(), "tiny")
+host.register(NanPlugin(), "nan")
+config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=2, batch_size=4,
+                                     head="test:nan-rank1", skip_nonfinite=True, output=sys.argv[1],
+                                     callbacks=["-progress"]))
+result = fit(config, host)
+torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def test_a_step_skipped_on_one_process_is_skipped_on_all(tmp_path):
+    # without agreement, rank 0 would wait in backward for gradients rank 1 never sends
+    script = tmp_path / "nan_fit.py"
+    script.write_text(NAN_ON_ONE_RANK)
+    out = tmp_path / "run"
+    done = torchrun(str(script), str(out), str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert all(torch.isfinite(value).all() for value in rank0.values() if value.is_floating_point())
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["nonfinite_batches"] for m in lines] == [1, 1]  # rank 0 writes; its own losses were all finite

@@ -109,6 +109,19 @@ def sum_across(values: list[torch.Tensor | float | int], place: Distributed, dev
     return packed.tolist()
 
 
+def any_across(flag: bool, place: Distributed, device: torch.device) -> bool:
+    """True on every process when ``flag`` is true on any: a step skipped by one must be skipped by all.
+
+    DDP exchanges gradients in ``backward``; a process that skips it while the
+    others do not would leave them waiting for it.
+    """
+    if not place.enabled:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def broadcast_flag(flag: bool, place: Distributed, device: torch.device) -> bool:
     """Rank 0's decision (early stopping, interruption), shared with every process."""
     if not place.enabled:

@@ -316,7 +316,8 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                             logits = step_model(images)
                             loss = criterion(logits.float(), labels)
-                        if config.skip_nonfinite and not torch.isfinite(loss):  # the one opt-in host sync per step
+                        # the one opt-in host sync per step; processes agree, so they skip the same steps
+                        if config.skip_nonfinite and distributed.any_across(not torch.isfinite(loss), place, device):
                             run.nonfinite_batches += 1
                         else:
                             # no sync: the first non-finite step is remembered on the device, read at the epoch's end
