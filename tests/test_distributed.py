@@ -142,3 +142,22 @@ def test_a_step_skipped_on_one_process_is_skipped_on_all(tmp_path):
     assert all(torch.isfinite(value).all() for value in rank0.values() if value.is_floating_point())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["nonfinite_batches"] for m in lines] == [1, 1]  # rank 0 writes; its own losses were all finite
+
+
+def test_a_wholly_unreadable_batch_on_one_process_stops_with_one_line(tmp_path):
+    pytest.importorskip("tlcore_datasets")
+    from tlcore.testing import write_image_folder
+
+    data = write_image_folder(tmp_path / "images", per_class=4, size=20)
+    (data / "train" / "ants" / "ants_0.jpg").write_bytes(b"not a jpeg at all")
+    site = write_fake_distribution(tmp_path / "site", "tlcore-tiny-example", {"tiny": "tlcore.testing:tiny_plugin"})
+    done = torchrun(
+        *("-m", "tlcore", "run", "--backbone", "test:tiny", "--dataset", "imagefolder", "--data-dir", str(data)),
+        *("--image-size", "16", "--weights", "none", "--epochs", "1", "--batch-size", "1", "--workers", "0"),
+        *("--output", str(tmp_path / "run")),
+        env={"PYTHONPATH": str(site), "TLCORE_PLUGINS": "tiny,datasets"},
+    )
+    assert done.returncode != 0  # instead of the other process waiting for gradients that never come
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tlcore: error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "a distributed run cannot skip a whole batch" in errors[0] and "ants_0.jpg" in errors[0]

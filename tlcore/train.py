@@ -308,6 +308,13 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
 
                 for micro, (images, labels, unreadable) in enumerate(train_batches):
                     note_unreadable(run, unreadable, config.strict)
+                    if labels.numel() == 0 and place.enabled:  # the other processes would wait for its gradients
+                        first = unreadable[0] if unreadable else "no reason given"
+                        raise DataError(
+                            f"every image of a training batch on process {place.rank} was unreadable ({first}); "
+                            "a distributed run cannot skip a whole batch: remove or replace the unreadable images, "
+                            "or use a larger --batch-size"
+                        )
                     in_step = min(config.accumulate, remaining - micro // config.accumulate * config.accumulate)
                     last_of_step = (micro + 1) % config.accumulate == 0 or micro + 1 == remaining
                     if labels.numel() == 0 and not last_of_step:  # every image of the batch was unreadable
