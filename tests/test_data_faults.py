@@ -116,3 +116,12 @@ def test_eval_names_an_undecodable_image_in_one_line(folder_host, tiny_config, t
     with pytest.raises(DataError, match=r"^cannot read image \S*bees_2\.jpg.*; remove or fix it to evaluate") as caught:
         evaluate_checkpoint(result.output_dir / "best.safetensors", workers=2)
     assert "\n" not in str(caught.value)  # not a worker's traceback
+
+
+def test_steps_without_any_gradient_pass_under_the_fp16_scaler(host, tiny_config, monkeypatch):
+    # fp16 (CUDA GPUs without bf16) adds a gradient scaler, which fails when asked to step without any gradient
+    monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled: torch.float16)
+    host.register(NanPlugin(), "nan")
+    result = fit(tiny_config(head="test:nan", epochs=2, skip_nonfinite=True), host)
+    assert result.history[-1]["nonfinite_batches"] == 3
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tlcore.resume import load_train_state
 from tlcore.testing import write_fake_distribution
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -161,3 +162,60 @@ def test_a_wholly_unreadable_batch_on_one_process_stops_with_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("tlcore: error:")]
     assert len(errors) == 1, done.stderr[-3000:]
     assert "a distributed run cannot skip a whole batch" in errors[0] and "ants_0.jpg" in errors[0]
+
+
+SIGNAL_ON_ONE_RANK = """
+import os, signal, sys, torch
+from torch import nn
+import tlcore
+from tlcore import distributed
+from tlcore.config import build_config
+from tlcore.interrupt import RunInterrupted
+from tlcore.plugins import reset_host
+from tlcore.testing import TinyPlugin
+from tlcore.train import fit
+
+
+class SignalOnRankOne(nn.Module):
+    # a linear head that sends SIGTERM to its own process at the 6th training forward (epoch 2, step 1), on rank 1
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(in_features, num_classes), 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.training and self.calls == 6 and os.environ["RANK"] == "1":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.fc(x)
+
+
+class SignalPlugin:
+    @tlcore.hookimpl
+    def tlcore_register_heads(self, register):
+        register("test:signal-rank1", lambda in_features, num_classes, options: SignalOnRankOne(in_features, num_classes))
+
+
+torch.set_num_threads(1)
+distributed.STOP_CHECK_STEPS = 4
+host = reset_host(load_installed=False)
+host.register(TinyPlugin(), "tiny")
+host.register(SignalPlugin(), "signal")
+config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=3, batch_size=4,
+                                     head="test:signal-rank1", output=sys.argv[1], callbacks=["-progress"]))
+try:
+    fit(config, host)
+except RunInterrupted as interrupted:
+    print(interrupted, flush=True)
+"""
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+    # 5 steps an epoch per process; rank 1 is signalled in step 6, and processes agree every 4 steps: all stop after 8
+    script = tmp_path / "signal_fit.py"
+    script.write_text(SIGNAL_ON_ONE_RANK)
+    out = tmp_path / "run"
+    done = torchrun(str(script), str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("interrupted by") == 2, done.stdout
+    assert done.stdout.count("at epoch 2, step 3 of 5; state saved") == 2, done.stdout
+    assert load_train_state(out).record["step"] == 8

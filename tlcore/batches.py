@@ -156,7 +156,7 @@ class MemoryBatches:
         for position in range(0, len(order), self.batch_size):
             picked = order_on_data[position : position + self.batch_size]
             batch = self.data.index_select(0, picked)
-            if batch.device != self.device:  # held in host memory: the batch crosses, pinned, without a stall
+            if self.held_on.type == "cpu" and self.device.type != "cpu":  # in host memory: crosses pinned, no stall
                 batch = to_device_async(batch, self.device)
             labels = self.labels.index_select(0, order_on_device[position : position + self.batch_size])
             if self.transform is not None:

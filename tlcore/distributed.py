@@ -122,8 +122,23 @@ def any_across(flag: bool, place: Distributed, device: torch.device) -> bool:
     return bool(value.item())
 
 
+STOP_CHECK_STEPS = 16  # how often processes agree on a stop: a host synchronisation each time
+
+
+def stop_agreed(requested: bool, step: int, place: Distributed, device: torch.device) -> bool:
+    """Whether to stop at this step boundary (Ctrl-C or SIGTERM seen by this process, or by any).
+
+    A single process stops at once. Processes of a distributed run reach
+    their signals at different steps; they decide together, every
+    STOP_CHECK_STEPS steps, so all of them stop after the same step.
+    """
+    if not place.enabled:
+        return requested
+    return step % STOP_CHECK_STEPS == 0 and any_across(requested, place, device)
+
+
 def broadcast_flag(flag: bool, place: Distributed, device: torch.device) -> bool:
-    """Rank 0's decision (early stopping, interruption), shared with every process."""
+    """Rank 0's decision (early stopping), shared with every process."""
     if not place.enabled:
         return flag
     value = torch.tensor([1 if flag else 0], device=device)

@@ -301,6 +301,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                 train_sampler.set_epoch(epoch, run.epoch_step * config.accumulate * config.batch_size)
                 first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
                 remaining = len(train_batches)  # micro-batches left this epoch: the last step may take fewer
+                gradients = False  # whether this optimizer step has had a backward pass yet
                 phase = "training"
                 memory.reset()
                 started = time.perf_counter()
@@ -334,19 +335,22 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                             # gradients add up over the step's micro-batches; DDP exchanges them once, at the last
                             with distributed.no_sync(step_model, place, not last_of_step):
                                 scaler.scale(loss / in_step).backward()
+                            gradients = True
                             # accumulate on the device: no host synchronisation per step
                             run.train_loss_sum += loss.detach() * labels.numel()
                             correct += (logits.detach().argmax(dim=1) == labels).sum()
                             run.epoch_images += len(labels)
                     if not last_of_step:
                         continue
-                    scaler.step(optimizer)  # parameters without a gradient (frozen, or all skipped) stay as they are
-                    scaler.update()
+                    if gradients:  # a step whose micro-batches were all skipped has none: the fp16 scaler needs some
+                        scaler.step(optimizer)  # parameters without a gradient (frozen) stay as they are
+                        scaler.update()
+                    gradients = False
                     optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters get no update at all
                     scheduler.step()
                     run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
                     callbacks.on_train_batch_end(run)
-                    if stop.requested:  # Ctrl-C or SIGTERM: stop at this step boundary
+                    if distributed.stop_agreed(stop.requested, run.step, place, device):  # Ctrl-C or SIGTERM
                         break
 
                 if device.type == "cuda":  # the clock must include the steps still queued on the GPU
@@ -360,7 +364,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                 distributed.sync_buffers(model, place)
                 phase = "validation"
                 val = None if stop.requested else evaluate(forward_model, val_batches, device, amp_dtype, stop)
-                if distributed.broadcast_flag(val is None, place, device):
+                if distributed.any_across(val is None, place, device):  # a signal reached any process
                     state_writer.wait()  # the last epoch's state lands before the mid-epoch one replaces it
                     raise _interrupt(run, stop, state_args=(scaler, callbacks, correct))
                 totals = distributed.sum_across(
