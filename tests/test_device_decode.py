@@ -86,3 +86,17 @@ def test_device_decoding_needs_a_dataset_of_files():
     data = DatasetSplits(["a", "b"], NoFiles(), NoFiles())
     with pytest.raises(ConfigError, match="--decode device needs a dataset of image files"):
         pipelines(data)
+
+
+def test_running_out_of_memory_while_decoding_is_not_taken_for_a_bad_file(tmp_path, monkeypatch):
+    from tlcore import device_decode
+
+    data = write_image_folder(tmp_path / "images", per_class=2, size=20)
+    raw = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path in sorted(data.rglob("*.jpg"))]
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(device_decode, "decode_jpeg", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        device_decode.decode_on(torch.device("cpu"), raw, [str(i) for i in range(len(raw))])

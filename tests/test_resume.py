@@ -101,3 +101,15 @@ def test_second_ctrl_c_stops_at_once(host, tmp_path, capsys):
     code, _, err = run_cli(["run", *TINY, "--callbacks", "+test:signal", "--output", str(tmp_path / "r")], capsys)
     assert code == 130 and err.strip().splitlines()[-1] == "tlcore: interrupted" and "Traceback" not in err, err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back
+
+
+def test_a_state_saved_without_fp16_resumes_under_fp16(host, tiny_config, tmp_path, monkeypatch):
+    # a run started on a bf16 GPU (no gradient scaler) and resumed on one that needs fp16 (with one)
+    host.register(signal_plugin(1, 2), "signal")
+    with pytest.raises(RunInterrupted):
+        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], epochs=2), host)
+    host.unregister("signal")
+    host.register(signal_plugin(-1, -1), "signal")
+    monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled: torch.float16)
+    resumed = resume(tmp_path / "cut", host)
+    assert [m["epoch"] for m in resumed.history] == [1, 2]

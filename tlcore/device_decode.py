@@ -67,6 +67,8 @@ def decode_on(device: torch.device, data: list[torch.Tensor], paths: list[str]) 
             images = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
             for i, image in zip(jpegs, images, strict=True):
                 decoded[i] = image
+        except torch.OutOfMemoryError:
+            raise  # not a bad file: the run's out-of-memory message says what to do
         except RuntimeError:  # one bad file fails the whole call: decode these one at a time below
             pass
     for i, raw in enumerate(data):

@@ -44,8 +44,11 @@ def setup(device: torch.device) -> Distributed:
     if world_size <= 1:
         return Distributed()
     place = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized() and device.type == "cuda":
+        torch.cuda.set_device(place.local_rank)  # before NCCL starts, so its communicator binds to this GPU
+        dist.init_process_group("nccl", device_id=torch.device("cuda", place.local_rank))
+    elif not dist.is_initialized():
+        dist.init_process_group("gloo")
     return place
 
 

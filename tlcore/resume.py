@@ -154,13 +154,16 @@ def _restore(state: TrainState, model, optimizer, scheduler, scaler, callbacks) 
             optimizer_state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": saved["param_groups"]})
     scheduler.load_state_dict(state.record["scheduler"])
-    scaler.load_state_dict(state.record["scaler"])
+    if state.record["scaler"]:  # empty when saved without fp16: a run resumed in fp16 starts its scale afresh
+        scaler.load_state_dict(state.record["scaler"])
     for name, callback in callbacks:
         callback.load_state_dict(state.record["callbacks"].get(name, {}))
     torch.set_rng_state(state.tensors["rng.torch"])
-    cuda_states = [state.tensors[k] for k in sorted(state.tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    if torch.cuda.is_available():  # each saved GPU's generator to that GPU, where it exists here
+        for key in (k for k in state.tensors if k.startswith("rng.cuda.")):
+            index = int(key.rsplit(".", 1)[1])
+            if index < torch.cuda.device_count():
+                torch.cuda.set_rng_state(state.tensors[key], index)
     python_state = state.record["rng"]["python"]
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     numpy_state = state.record["rng"]["numpy"]
