@@ -162,7 +162,7 @@ def test_resized_crop_of_the_whole_image_is_the_image_and_flips():
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
-@pytest.mark.parametrize("height, width, size", [(8, 8, 64), (32, 32, 32), (24, 30, 96)])
+@pytest.mark.parametrize("height, width, size", [(8, 8, 64), (32, 32, 32), (24, 30, 96), (64, 64, 16), (90, 60, 24)])
 def test_batched_crops_equal_torchvisions_crop_then_resize(interpolation, height, width, size):
     # the batch sees what the per-image path would: its box only, with the backbone's interpolation (up to rounding)
     images = torch.randint(0, 256, (24, 3, height, width), dtype=torch.uint8)

@@ -76,46 +76,42 @@ def random_crop_boxes(
     return torch.stack([left, top, left + w, top + h], dim=1), flips
 
 
-def cubic_weights(t: torch.Tensor) -> torch.Tensor:
-    """The four bicubic tap weights for fractional offsets ``t``, (..., 4).
+def filter_weights(distance: torch.Tensor, interpolation: str) -> torch.Tensor:
+    """The resize kernel at ``distance`` (in source pixels, divided by the shrink factor when shrinking).
 
-    A = -0.5, the antialiasing (PIL-compatible) kernel that torchvision's resize uses with ``antialias=True``.
+    Bicubic is A = -0.5, the PIL-compatible kernel torchvision's resize uses with
+    ``antialias=True``; bilinear is the triangle.
     """
-    a = -0.5
-    distances = torch.stack([t + 1, t, 1 - t, 2 - t], dim=-1)
-    near = ((a + 2) * distances - (a + 3)) * distances * distances + 1
-    far = ((a * distances - 5 * a) * distances + 8 * a) * distances - 4 * a
-    return torch.where(distances <= 1, near, far)
+    d = distance.abs()
+    if interpolation == "bicubic":
+        a = -0.5
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+    return (1 - d).clamp(min=0)
 
 
 def resample_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, interpolation: str) -> torch.Tensor:
     """Per image, the (size x extent) matrix that resizes the span [start, start + length) of an axis to ``size``.
 
-    The taps are torchvision's resize taps for a cropped image (half-pixel
-    centres, nothing outside the span), so a crop sees nothing outside its box.
+    The weights are torchvision's resize weights for a cropped image with
+    ``antialias=True`` (half-pixel centres; a kernel widened by the shrink
+    factor when shrinking; taps outside the span dropped and the rest
+    renormalised), so a crop sees nothing outside its box.
     """
-    count, device = len(start), start.device
-    scale = (length / size)[:, None]
-    centres = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * scale - 0.5  # crop-local
-    if interpolation == "bicubic":
-        first = torch.floor(centres)
-        taps = first[..., None] + torch.arange(-1, 3, device=device)
-        # as the antialiasing resize: taps outside the span are dropped and the rest renormalised
-        inside = (taps >= 0) & (taps <= (length - 1)[:, None, None])
-        weights = cubic_weights(centres - first) * inside
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    elif interpolation == "nearest":
-        taps = torch.floor((torch.arange(size, device=device, dtype=torch.float32)) * scale)[..., None]
-        weights = torch.ones_like(taps)
-    else:  # bilinear
-        centres = centres.clamp(min=0)
-        first = torch.floor(centres)
-        taps = first[..., None] + torch.arange(2, device=device)
-        fraction = (centres - first)[..., None]
-        weights = torch.cat([1 - fraction, fraction], dim=-1)
-    taps = torch.minimum(taps.clamp(min=0), (length - 1)[:, None, None]) + start[:, None, None]
-    matrix = torch.zeros(count, size, extent, device=device)
-    return matrix.scatter_add_(2, taps.long(), weights)
+    device = start.device
+    if interpolation == "nearest":
+        scale = (length / size)[:, None]
+        taps = torch.floor(torch.arange(size, device=device, dtype=torch.float32) * scale)
+        taps = torch.minimum(taps, (length - 1)[:, None]) + start[:, None]
+        matrix = torch.zeros(len(start), size, extent, device=device)
+        return matrix.scatter_(2, taps.long()[..., None], 1.0)
+    scale = (length / size)[:, None, None]
+    centres = (torch.arange(size, device=device, dtype=torch.float32) + 0.5)[None, :, None] * scale
+    sources = torch.arange(extent, device=device, dtype=torch.float32)[None, None, :] - start[:, None, None] + 0.5
+    weights = filter_weights((sources - centres) / scale.clamp(min=1), interpolation)  # crop-local pixel centres
+    weights = weights * ((sources > 0) & (sources < length[:, None, None]))
+    return weights / weights.sum(dim=-1, keepdim=True)
 
 
 def random_resized_crop(
@@ -129,8 +125,8 @@ def random_resized_crop(
     backbone's ``interpolation`` (validation uses the same), and like
     torchvision's crop-then-resize an image sees only its own box: on tiny
     images (8x8 digits) letting crops blend with pixels outside the box
-    measurably weakens the augmentation. No antialiasing: in-memory data is
-    small images, which crops enlarge.
+    measurably weakens the augmentation. Crops that shrink are antialiased, as
+    torchvision's resize with ``antialias=True``.
     """
     device = images.device
     boxes = to_device_async(boxes, device)
