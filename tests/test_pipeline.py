@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from tlcore.backbone import Preprocessing
 from tlcore.batch_augment import random_crop_boxes, random_resized_crop, resize_center_crop, to_three_channels
-from tlcore.batches import MemoryBatches, MemoryTransform, Normalise
+from tlcore.batches import MemoryBatches, MemoryTransform, Normalise, storage_device
 from tlcore.config import build_config
 from tlcore.data import EpochSampler, to_rgb
 from tlcore.dataset import DatasetSplits, TensorImageDataset
@@ -204,3 +204,14 @@ def test_memory_transform_grey_images_become_rgb():
     assert out.shape == (3, 3, 16, 16)
     raw = out * torch.tensor(PRE.std).view(1, 3, 1, 1) + torch.tensor(PRE.mean).view(1, 3, 1, 1)
     assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-5)
+
+
+def test_splits_are_weighed_together_for_the_gpu(monkeypatch):
+    # 100 bytes free: half may hold data; train and val of 30 bytes each fit alone, not together
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100, 1000))
+    cuda = torch.device("cuda", 0)
+    thirty, twenty = torch.zeros(30, dtype=torch.uint8), torch.zeros(20, dtype=torch.uint8)
+    assert storage_device([thirty], cuda) == cuda
+    assert storage_device([thirty, thirty], cuda) == torch.device("cpu")
+    assert storage_device([twenty, twenty], cuda) == cuda
+    assert storage_device([thirty, thirty], torch.device("cpu")) == torch.device("cpu")

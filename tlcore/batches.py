@@ -101,11 +101,16 @@ class MemoryTransform:
         return self.normalise(to_three_channels(images))  # grey expands after resizing: one channel's work
 
 
-def storage_device(nbytes: int, device: torch.device) -> torch.device:
-    """Where in-memory data lives: on the GPU when it fits comfortably, else in host memory."""
+def storage_device(tensors: list[torch.Tensor], device: torch.device) -> torch.device:
+    """Where in-memory data lives: on the GPU when all of ``tensors`` fit comfortably, else in host memory.
+
+    The splits are weighed together, before the model is placed: the model and
+    its activations need the rest.
+    """
     if device.type != "cuda":
         return device if device.type == "mps" else torch.device("cpu")
     free, _ = torch.cuda.mem_get_info(device)
+    nbytes = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
     return device if nbytes <= DEVICE_MEMORY_SHARE * free else torch.device("cpu")
 
 
@@ -127,11 +132,11 @@ class MemoryBatches:
         device: torch.device,
         transform: Callable[[torch.Tensor, int], torch.Tensor] | None,
         seed: int = 0,
+        held_on: torch.device | None = None,
     ):
-        where = storage_device(data.numel() * data.element_size(), device)
-        self.data = data.to(where)
+        self.held_on = held_on or storage_device([data], device)
+        self.data = data.to(self.held_on)
         self.labels = labels.to(device)
-        self.held_on = where
         self.sampler, self.batch_size, self.device = sampler, batch_size, device
         self.transform, self.seed = transform, seed
 

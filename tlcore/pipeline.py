@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tlcore.backbone import Preprocessing
-from tlcore.batches import LoaderBatches, MemoryBatches, MemoryTransform, Normalise
+from tlcore.batches import LoaderBatches, MemoryBatches, MemoryTransform, Normalise, storage_device
 from tlcore.config import RunConfig
 from tlcore.data import (
     EpochSampler,
@@ -91,10 +91,11 @@ def build_pipeline(
     augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
 
     if kind == "memory":
+        held_on = storage_device([data.train.images, data.val.images], device)
 
         def memory(split: TensorImageDataset, sampler: EpochSampler, train: bool) -> MemoryBatches:
             transform = MemoryTransform(pre, size, train, augment, flip, normalise)
-            return MemoryBatches(split.images, split.labels, sampler, batch, device, transform, config.seed)
+            return MemoryBatches(split.images, split.labels, sampler, batch, device, transform, config.seed, held_on)
 
         sources = {"train": memory(data.train, train_sampler, True), "val": memory(data.val, val_sampler, False)}
         plain = MemoryTransform(pre, size, False, "none", flip, normalise)

@@ -23,7 +23,7 @@ from torch import nn
 from tlcore import distributed
 from tlcore.background import BackgroundWrite
 from tlcore.balance import balanced_weights, class_weights, dataset_labels
-from tlcore.batches import MemoryBatches
+from tlcore.batches import MemoryBatches, storage_device
 from tlcore.build import (
     build_backbone,
     build_callbacks,
@@ -265,9 +265,9 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                 )
             ]
             # the same samplers as the slow path: the same images in the same order, cut from memory
-            bs = config.batch_size
-            train_batches = MemoryBatches(caches[0].features, caches[0].labels, train_sampler, bs, device, None)
-            val_batches = MemoryBatches(caches[1].features, caches[1].labels, val_sampler, bs, device, None)
+            bs, held_on = config.batch_size, storage_device([cache.features for cache in caches], device)
+            train_batches = MemoryBatches(caches[0].features, caches[0].labels, train_sampler, bs, device, None, 0, held_on)
+            val_batches = MemoryBatches(caches[1].features, caches[1].labels, val_sampler, bs, device, None, 0, held_on)
             train_module, pipeline = head, None  # the images are not needed again: free the memory they hold
         forward_model = compile_model(train_module) if config.compile else train_module
 
