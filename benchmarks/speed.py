@@ -477,6 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-bytecode-cache", action="store_true", help="leave PYTHONDONTWRITEBYTECODE as it is")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs, measures nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the command lines, generate and run nothing")
+    parser.add_argument("--on-cpu", action="store_true", help="run the chosen configurations on the CPU (with --smoke: "
+                        "check the GPU configurations on a machine without one; their figures mean nothing there)")
     parser.add_argument("--synthetic-images", type=int, default=10_000, help="gpu-resnet*-224: training images (val: 1/5)")
     parser.add_argument("--imagefolder-images", type=int, default=20_000, help="JPEG ImageFolder: train images (val 1/10)")
     parser.add_argument("--imagefolder-size", type=int, default=256, help="JPEG ImageFolder: image side in pixels")
@@ -493,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen configurations, print the report and the table; 1 if a side failed, else 0."""
     args = parse_args(argv)
     configs = select(args.config, build_configs(args))
+    if args.on_cpu:  # the GPU configurations' commands, data and both sides, checked where there is no GPU
+        configs = [replace(c, device="cpu") for c in configs]
     temporary = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="tlcore-speed-")) if temporary else args.work_dir.resolve()
     child_env = child_environment(args, work_dir)

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from tlcore.errors import WeightsError
-from tlcore.files import atomic_write_bytes
+from tlcore.files import atomic_save_tensors
 from tlcore.weights import read_weights_file
 
 FORMAT = "tlcore-checkpoint"
@@ -58,7 +57,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) ->
     """Write the model's state dict and its info atomically."""
     # clone().contiguous(): safetensors needs contiguous, unshared tensors (channels_last, tied weights)
     tensors = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
-    atomic_write_bytes(Path(path), save(tensors, metadata=info.to_metadata()))
+    atomic_save_tensors(Path(path), tensors, info.to_metadata())
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save
 
 from tlcore.background import BackgroundWrite
 from tlcore.errors import ConfigError
-from tlcore.files import atomic_write_bytes
+from tlcore.files import atomic_save_tensors
 from tlcore.weights import read_weights_file
 
 STATE_FILE = "train_state.safetensors"
@@ -102,7 +101,7 @@ def save_train_state(
     metadata = {"tlcore_train_state": json.dumps(full_record)}
 
     def write() -> None:
-        atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+        atomic_save_tensors(Path(path), tensors, metadata)
 
     if writer is None:
         write()
