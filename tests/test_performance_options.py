@@ -19,10 +19,11 @@ from tlcore.train import fit
 
 
 def test_channels_last_on_cpu_trains_close_to_the_default_layout(host, tiny_config, tmp_path):
-    plain = fit(tiny_config(output=str(tmp_path / "plain"), augment="none"), host)
+    plain = fit(tiny_config(output=str(tmp_path / "plain"), augment="none", channels_last="off"), host)
     last = fit(tiny_config(output=str(tmp_path / "last"), augment="none", channels_last="on"), host)
     conv = last.model.backbone[0][0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.model.backbone[0][0].weight.is_contiguous()
     resolved = json.loads((last.output_dir / "config.json").read_text())["resolved"]
     assert resolved["channels_last"] is True and resolved["pipeline"] == "memory"
     # the same arithmetic in another memory order: equal up to float rounding
@@ -30,9 +31,11 @@ def test_channels_last_on_cpu_trains_close_to_the_default_layout(host, tiny_conf
         assert torch.allclose(value.float(), last.model.state_dict()[key].float(), atol=1e-4), key
 
 
-def test_channels_last_auto_is_off_without_cuda(host, tiny_config):
+@pytest.mark.parametrize("onednn, expected", [(True, True), (False, False)])
+def test_channels_last_auto_follows_onednn_on_the_cpu(host, tiny_config, monkeypatch, onednn, expected):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
     result = fit(tiny_config(epochs=1), host)
-    assert json.loads((result.output_dir / "config.json").read_text())["resolved"]["channels_last"] is False
+    assert json.loads((result.output_dir / "config.json").read_text())["resolved"]["channels_last"] is expected
 
 
 def test_compile_option_runs_the_model_through_torch_compile(host, tiny_config, monkeypatch):

@@ -71,7 +71,7 @@ class RunConfig:
     workers: int | None = None  # DataLoader workers; None: 0 for in-memory data, else min(8, cpus)
     pipeline: str = "auto"  # memory: in-memory data cut and augmented on the device; loader: DataLoader workers
     decode: str = "cpu"  # device: JPEG files decoded on the GPU (nvJPEG) instead of in workers
-    channels_last: str = "auto"  # auto: channels-last memory format on CUDA
+    channels_last: str = "auto"  # auto: channels-last memory format on CUDA and on the CPU with oneDNN
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # distributed runs: BatchNorm statistics over all processes' batches
     seed: int = 0
@@ -126,7 +126,7 @@ HELP = {
     "workers": "DataLoader worker processes (default: 0 for in-memory data, else up to 8)",
     "pipeline": "auto | memory (in-memory data held and augmented on the device, no DataLoader) | loader",
     "decode": "cpu | device (JPEG files decoded on the GPU with nvJPEG; needs CUDA and a dataset of files)",
-    "channels_last": "auto (on with CUDA) | on | off: channels-last memory format for convolutions",
+    "channels_last": "auto (on with CUDA, and on the CPU with oneDNN) | on | off: channels-last layout for convolutions",
     "compile": "compile the model with torch.compile (slower start, faster steps)",
     "sync_bn": "distributed runs: synchronise BatchNorm statistics across processes",
     "seed": "random seed; runs on CPU with the same seed are identical",

@@ -48,8 +48,15 @@ def choose_pipeline(config: RunConfig, data: DatasetSplits) -> str:
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
-    """``--channels-last``: auto turns it on with CUDA, where convolutions run faster in that layout."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    """``--channels-last``: auto turns it on where convolutions run faster in that layout.
+
+    That is CUDA, and the CPU with oneDNN: on a 2-core x86 machine, training at
+    64 px ran 1.8x faster for EfficientNet-Lite0, 1.17x for ResNet-50 and 1.05x
+    for ResNet-18 (docs/performance.md).
+    """
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
 @dataclass
