@@ -18,6 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO / "benchmarks"))  # appended: benchmarks/feature_cache.py must not shadow anything
 
+import channels_last  # noqa: E402
 import plain_loop  # noqa: E402
 import speed  # noqa: E402
 
@@ -227,3 +228,22 @@ def test_speed_cpu_smoke_runs_both_sides_and_prints_the_table(tmp_path):
     assert [row["side"] for row in cpu["summary"]] == ["tlcore", "plain loop"]
     assert all(0.0 <= row["val_acc"] <= 1.0 and row["images_per_second"] > 0 for row in cpu["summary"])
     assert cpu["summary"][0]["wall_ratio"] > 0
+
+
+# -- benchmarks/channels_last.py --------------------------------------------------------
+
+
+def test_channels_last_benchmark_measures_both_layouts(capsys, one_thread):
+    argv = ["--models", "resnet18", "--image-size", "16", "--batch-size", "2", "--steps", "1", "--warmup", "0"]
+    assert channels_last.main([*argv, "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |")]
+    assert len(rows) == 1
+    plain, last, ratio = (cell.strip() for cell in rows[0].strip("|").split("|")[1:])
+    assert float(plain) > 0 and float(last) > 0 and ratio.endswith("x")
+    assert float(ratio[:-1]) == pytest.approx(float(last) / float(plain), rel=0.05)  # the cells are rounded
+
+
+def test_channels_last_benchmark_names_an_unknown_model(capsys):
+    with pytest.raises(SystemExit):
+        channels_last.main(["--models", "resnet18,vgg99"])
+    assert "unknown model 'vgg99'; accepted: resnet18, resnet50, tf_efficientnet_lite0" in capsys.readouterr().err

@@ -51,8 +51,8 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     """``--channels-last``: auto turns it on where convolutions run faster in that layout.
 
     That is CUDA, and the CPU with oneDNN: on a 2-core x86 machine, training at
-    64 px ran 1.8x faster for EfficientNet-Lite0, 1.17x for ResNet-50 and 1.05x
-    for ResNet-18 (docs/performance.md).
+    64 px ran 1.94x faster for EfficientNet-Lite0, 1.07x for ResNet-50 and 1.11x
+    for ResNet-18 (benchmarks/channels_last.py; docs/performance.md).
     """
     if setting != "auto":
         return setting == "on"
