@@ -90,18 +90,23 @@ def test_torchrun_dash_m_tlcore_run(tmp_path):
     assert done.stderr.count("writing ") == 1  # only rank 0 prints and writes
 
 
-NAN_ON_ONE_RANK = """
-import json, os, sys, torch
+FAULT_ON_RANK_ONE = """
+import json, os, signal, sys, torch
 from torch import nn
 import tlcore
+from tlcore import distributed
 from tlcore.config import build_config
+from tlcore.interrupt import RunInterrupted
 from tlcore.plugins import reset_host
 from tlcore.testing import TinyPlugin
 from tlcore.train import fit
 
+FAULT, AT_CALL = sys.argv[3], int(sys.argv[4])
 
-class NanOnRankOne(nn.Module):
-    # a linear head whose logits are NaN at the third training forward, on rank 1 only
+
+class FaultOnRankOne(nn.Module):
+    # a linear head that, at its AT_CALL-th training forward and on rank 1 only, returns NaN logits (FAULT "nan")
+    # or sends SIGTERM to its own process (FAULT "sigterm")
     def __init__(self, in_features, num_classes):
         super().__init__()
         self.fc, self.calls = nn.Linear(in_features, num_classes), 0
@@ -109,33 +114,47 @@ class NanOnRankOne(nn.Module):
     def forward(self, x):
         self.calls += self.training
         logits = self.fc(x)
-        return logits * float("nan") if self.training and self.calls == 3 and os.environ["RANK"] == "1" else logits
+        if self.training and self.calls == AT_CALL and os.environ["RANK"] == "1":
+            if FAULT == "nan":
+                return logits * float("nan")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logits
 
 
-class NanPlugin:
+class FaultPlugin:
     @tlcore.hookimpl
     def tlcore_register_heads(self, register):
-        register("test:nan-rank1", lambda in_features, num_classes, options: NanOnRankOne(in_features, num_classes))
+        register("test:fault-rank1", lambda in_features, num_classes, options: FaultOnRankOne(in_features, num_classes))
 
 
 torch.set_num_threads(1)
+distributed.STOP_CHECK_STEPS = 4
 host = reset_host(load_installed=False)
 host.register(TinyPlugin(), "tiny")
-host.register(NanPlugin(), "nan")
-config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=2, batch_size=4,
-                                     head="test:nan-rank1", skip_nonfinite=True, output=sys.argv[1],
-                                     callbacks=["-progress"]))
-result = fit(config, host)
-torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+host.register(FaultPlugin(), "fault")
+config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", batch_size=4,
+                                     head="test:fault-rank1", output=sys.argv[1], callbacks=["-progress"],
+                                     **json.loads(sys.argv[5])))
+try:
+    result = fit(config, host)
+except RunInterrupted as interrupted:
+    print(interrupted, flush=True)
+else:
+    torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
 """
+
+
+def fault_on_rank_one(tmp_path, fault: str, at_call: int, options: dict):
+    """torchrun two processes of FAULT_ON_RANK_ONE; the run folder is tmp_path / "run"."""
+    script = tmp_path / "fault_fit.py"
+    script.write_text(FAULT_ON_RANK_ONE)
+    return torchrun(str(script), str(tmp_path / "run"), str(tmp_path), fault, str(at_call), json.dumps(options))
 
 
 def test_a_step_skipped_on_one_process_is_skipped_on_all(tmp_path):
     # without agreement, rank 0 would wait in backward for gradients rank 1 never sends
-    script = tmp_path / "nan_fit.py"
-    script.write_text(NAN_ON_ONE_RANK)
+    done = fault_on_rank_one(tmp_path, "nan", 3, {"epochs": 2, "skip_nonfinite": True})
     out = tmp_path / "run"
-    done = torchrun(str(script), str(out), str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -164,57 +183,10 @@ def test_a_wholly_unreadable_batch_on_one_process_stops_with_one_line(tmp_path):
     assert "a distributed run cannot skip a whole batch" in errors[0] and "ants_0.jpg" in errors[0]
 
 
-SIGNAL_ON_ONE_RANK = """
-import os, signal, sys, torch
-from torch import nn
-import tlcore
-from tlcore import distributed
-from tlcore.config import build_config
-from tlcore.interrupt import RunInterrupted
-from tlcore.plugins import reset_host
-from tlcore.testing import TinyPlugin
-from tlcore.train import fit
-
-
-class SignalOnRankOne(nn.Module):
-    # a linear head that sends SIGTERM to its own process at the 6th training forward (epoch 2, step 1), on rank 1
-    def __init__(self, in_features, num_classes):
-        super().__init__()
-        self.fc, self.calls = nn.Linear(in_features, num_classes), 0
-
-    def forward(self, x):
-        self.calls += self.training
-        if self.training and self.calls == 6 and os.environ["RANK"] == "1":
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self.fc(x)
-
-
-class SignalPlugin:
-    @tlcore.hookimpl
-    def tlcore_register_heads(self, register):
-        register("test:signal-rank1", lambda in_features, num_classes, options: SignalOnRankOne(in_features, num_classes))
-
-
-torch.set_num_threads(1)
-distributed.STOP_CHECK_STEPS = 4
-host = reset_host(load_installed=False)
-host.register(TinyPlugin(), "tiny")
-host.register(SignalPlugin(), "signal")
-config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=3, batch_size=4,
-                                     head="test:signal-rank1", output=sys.argv[1], callbacks=["-progress"]))
-try:
-    fit(config, host)
-except RunInterrupted as interrupted:
-    print(interrupted, flush=True)
-"""
-
-
 def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_path):
     # 5 steps an epoch per process; rank 1 is signalled in step 6, and processes agree every 4 steps: all stop after 8
-    script = tmp_path / "signal_fit.py"
-    script.write_text(SIGNAL_ON_ONE_RANK)
+    done = fault_on_rank_one(tmp_path, "sigterm", 6, {"epochs": 3})
     out = tmp_path / "run"
-    done = torchrun(str(script), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("interrupted by") == 2, done.stdout
     assert done.stdout.count("at epoch 2, step 3 of 5; state saved") == 2, done.stdout
