@@ -4,6 +4,8 @@
     python benchmarks/speed.py --config gpu            # every GPU configuration (skipped without CUDA)
     python benchmarks/speed.py --config gpu-resnet50-224 --tlcore-extra="--compile"
     python benchmarks/speed.py --config all --dry-run  # print the command lines only
+    python benchmarks/speed.py --config cpu-jobs --repeats 3            # the three CPU jobs of issue 15
+    python benchmarks/speed.py --config cpu-jobs --fastai-venv ~/fastai  # with a fastai side on the folder jobs
 
 Each side runs as its own process (``python -m tlcore run ...`` and ``python
 benchmarks/plain_loop.py ...``), so the wall time is the whole process: imports,
@@ -23,8 +25,17 @@ size, batch size, epochs, seed, SGD lr 0.001 momentum 0.9 without weight
 decay, StepLR(7, 0.1), augmentation (RandomResizedCrop scale (0.35, 1), plus a
 horizontal flip where the data allows it), a validation pass each epoch. tlcore
 keeps its defaults otherwise (``--amp``: bf16 on CUDA); the plain loop is fp32.
-Generated data (CIFAR-format batch files, a JPEG ImageFolder) is written into
-``--work-dir`` (a temporary folder by default) and read by both sides.
+Generated data (CIFAR-format batch files, a JPEG ImageFolder, photo-sized
+JPEGs of varying shape) is written into ``--work-dir`` (a temporary folder by
+default) and read by every side.
+
+A fastai side (``benchmarks/fastai_loop.py``: ``vision_learner`` and
+``fit_one_cycle``, fastai's own recipe rather than the shared settings) joins
+the ImageFolder configurations when ``--fastai-python`` names an interpreter
+that has fastai, or ``--fastai-venv PATH`` names a virtual environment to use
+(made there on first use: fastai from PyPI over this interpreter's torch and
+torchvision, so that every side runs the same kernels; tlcore's own
+environment never gets fastai).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -56,6 +68,8 @@ if str(BENCHMARKS) not in sys.path:  # imported rather than run (tests): plain_l
 from plain_loop import CIFAR_CLASSES, CIFAR_FOLDER, synthetic_arrays  # noqa: E402
 
 PLAIN_SCRIPT = "benchmarks/plain_loop.py"  # relative to REPO, where every command runs
+FASTAI_SCRIPT = "benchmarks/fastai_loop.py"
+PHOTO_CLASSES = ["ants", "bees"]
 # The tutorial's optimiser, as tlcore flags; the plain loop has these as its defaults and gets them explicitly too.
 TLCORE_OPTIMIZER = ["--optimizer", "sgd", "--lr", "0.001", "--momentum", "0.9", "--schedule", "step", "--step-size", "7",
                     "--gamma", "0.1", "--weight-decay", "0", "--warmup-epochs", "0"]
@@ -68,12 +82,14 @@ DATA_SEED = 1234  # generated data does not change with --seed: only the runs' r
 
 @dataclass(frozen=True)
 class Data:
-    """What a configuration trains on: ``digits`` (embedded), ``cifar`` (generated CIFAR-10 batch files) or ``jpeg``."""
+    """What a configuration trains on: ``digits`` (embedded), ``cifar`` (generated CIFAR-10 batch files), ``jpeg``
+    (square JPEGs of ``size`` px, 10 classes) or ``photos`` (2 classes of photo-sized JPEGs ``size`` px wide, of
+    varying height around 3:4, compressed like camera pictures: the ants/bees data set's shape)."""
 
     kind: str
-    train: int = 0  # generated images (cifar, jpeg)
+    train: int = 0  # generated images (cifar, jpeg, photos)
     val: int = 0
-    size: int = 32  # side of the generated images in pixels (cifar files are always 32)
+    size: int = 32  # side (width for photos) of the generated images in pixels (cifar files are always 32)
 
     @property
     def title(self) -> str:
@@ -82,6 +98,9 @@ class Data:
             return "scikit-learn digits (1,797 8x8 grey images, 20% held out for val, in memory)"
         if self.kind == "cifar":
             return f"synthetic CIFAR-10-format files ({self.train:,} train / {self.val:,} val, 32x32, held in memory)"
+        if self.kind == "photos":
+            return (f"synthetic photo-sized JPEG ImageFolder, 2 classes ({self.train:,} train / {self.val:,} val, "
+                    f"{self.size} px wide, {photo_heights(self.size)[0]}-{photo_heights(self.size)[-1]} px high)")
         return f"synthetic JPEG ImageFolder ({self.train:,} train / {self.val:,} val, {self.size}x{self.size})"
 
     def folder_name(self) -> str:
@@ -105,6 +124,9 @@ class Config:
     tlcore_sides: tuple[tuple[str, tuple[str, ...]], ...] = (("tlcore", ()),)  # (label, extra flags)
     plain_extra: tuple[str, ...] = ()
     note: str = ""
+    # more plain-loop sides besides the first (label, workers): the tutorial with another worker count
+    plain_variants: tuple[tuple[str, int], ...] = ()
+    fastai: bool = False  # a fastai side joins when an interpreter with fastai is given (ImageFolder data only)
 
 
 def gpu_workers() -> int:
@@ -118,9 +140,11 @@ def build_configs(args: argparse.Namespace) -> dict[str, Config]:
     synthetic = Data("cifar", args.synthetic_images, args.synthetic_images // 5)
     jpeg = Data("jpeg", args.imagefolder_images, args.imagefolder_images // 10, args.imagefolder_size)
     cifar = Data("cifar", 50_000, 10_000)
+    small_cifar, folder_64, photos = Data("cifar", 600, 120), Data("jpeg", 320, 80, 64), Data("photos", 245, 153, 500)
     if args.smoke:
         synthetic, cifar = Data("cifar", 512, 128), Data("cifar", 512, 128)
         jpeg = Data("jpeg", 512, 128, 64)
+        small_cifar, folder_64, photos = Data("cifar", 64, 20), Data("jpeg", 40, 20, 32), Data("photos", 24, 12, 160)
     memory = ("--pipeline", "memory")
     imagefolder_sides = [("tlcore", ("--pipeline", "loader"))]
     if args.decode_device:
@@ -128,6 +152,14 @@ def build_configs(args: argparse.Namespace) -> dict[str, Config]:
     configs = [
         Config("cpu", "resnet18", Data("digits"), 16 if args.smoke else 64, 64, 1 if args.smoke else 2, "cpu", 0, None,
                note="CI-sized; both sides fp32 on the CPU, no DataLoader workers"),
+        # the three CPU jobs of issue 15 (--config cpu-jobs); tlcore chooses its own workers and threads
+        Config("cpu-cifar-resnet18", "resnet18", small_cifar, 32, 64, 2, "cpu", 0, None,
+               note="CIFAR-format python pickle batches; the plain loop holds them in memory, as torchvision's CIFAR10"),
+        Config("cpu-imagefolder-resnet18", "resnet18", folder_64, 64, 64, 2, "cpu", 0, None, fastai=True,
+               note="400 JPEG files of 64x64; the plain loop with 0 workers"),
+        Config("cpu-antsbees-resnet18", "resnet18", photos, 224, 32, 2, "cpu", 4, None,
+               plain_variants=(("plain loop (0 workers)", 0),), fastai=True,
+               note="ants/bees-sized: 245 train / 153 val photo-sized JPEGs; the tutorial with 4 workers and with 0"),
         Config("gpu-resnet50-224", "resnet50", synthetic, 224, 256, 3, "cuda", workers, None,
                (("tlcore", (*memory, "--channels-last", "on")),),
                note="32 px images upsampled to 224 px by each side's transforms"),
@@ -146,17 +178,25 @@ def build_configs(args: argparse.Namespace) -> dict[str, Config]:
     ]
     if args.smoke:
         configs = [replace(c, epochs=1, image_size=min(c.image_size, 64)) if c.device == "cuda" else c for c in configs]
+        # fastai drops the last incomplete training batch: a smoke batch must fit the tiny data several times
+        configs = [replace(c, epochs=1, image_size=min(c.image_size, 64), batch_size=8) if c.name in CPU_JOBS else c
+                   for c in configs]
     return {c.name: c for c in configs}
 
 
+CPU_JOBS = ("cpu-cifar-resnet18", "cpu-imagefolder-resnet18", "cpu-antsbees-resnet18")
+
+
 def select(name: str, configs: dict[str, Config]) -> list[Config]:
-    """``cpu``, ``gpu`` (every CUDA configuration), ``all``, or one configuration by name."""
+    """``cpu``, ``cpu-jobs`` (issue 15's three), ``gpu`` (every CUDA configuration), ``all``, or one by name."""
     if name == "all":
         return list(configs.values())
     if name == "gpu":
         return [c for c in configs.values() if c.device == "cuda"]
+    if name == "cpu-jobs":
+        return [configs[n] for n in CPU_JOBS]
     if name not in configs:
-        raise SystemExit(f"unknown --config {name!r}; choose cpu, gpu, all or one of: {', '.join(configs)}")
+        raise SystemExit(f"unknown --config {name!r}; choose cpu, cpu-jobs, gpu, all or one of: {', '.join(configs)}")
     return [configs[name]]
 
 
@@ -168,7 +208,7 @@ class Side:
     """One side of a configuration: its label, its command line and, for tlcore, the run folder it writes."""
 
     label: str
-    kind: str  # tlcore | plain
+    kind: str  # tlcore | plain | fastai
     argv: list[str]
     run_dir: Path | None = None
     runs: list[dict] = field(default_factory=list)
@@ -178,7 +218,8 @@ def tlcore_command(config: Config, data_dir: Path | None, run_dir: Path, seed: i
     """``python -m tlcore run`` with the configuration's shared settings (run_dir is --output)."""
     dataset = {"digits": ["--dataset", "digits", "--val-fraction", "0.2"],
                "cifar": ["--dataset", "cifar10", "--data-dir", str(data_dir), "--no-download"],
-               "jpeg": ["--dataset", "imagefolder", "--data-dir", str(data_dir)]}[config.data.kind]
+               "jpeg": ["--dataset", "imagefolder", "--data-dir", str(data_dir)],
+               "photos": ["--dataset", "imagefolder", "--data-dir", str(data_dir)]}[config.data.kind]
     argv = [sys.executable, "-m", "tlcore", "run", "--backbone", f"torchvision:{config.model}", "--weights", "none",
             *dataset, "--image-size", str(config.image_size), "--batch-size", str(config.batch_size),
             "--epochs", str(config.epochs), *TLCORE_OPTIMIZER, "--augment", "standard", "--seed", str(seed),
@@ -188,25 +229,41 @@ def tlcore_command(config: Config, data_dir: Path | None, run_dir: Path, seed: i
     return argv + extra
 
 
-def plain_command(config: Config, data_dir: Path | None, seed: int) -> list[str]:
-    """``python benchmarks/plain_loop.py`` with the configuration's shared settings."""
+def plain_command(config: Config, data_dir: Path | None, seed: int, workers: int | None = None) -> list[str]:
+    """``python benchmarks/plain_loop.py`` with the configuration's shared settings (``workers``: another count)."""
     dataset = {"digits": ["--data", "digits", "--val-fraction", "0.2"],
                "cifar": ["--data", "cifar10", "--data-dir", str(data_dir)],
-               "jpeg": ["--data", "imagefolder", "--data-dir", str(data_dir)]}[config.data.kind]
+               "jpeg": ["--data", "imagefolder", "--data-dir", str(data_dir)],
+               "photos": ["--data", "imagefolder", "--data-dir", str(data_dir)]}[config.data.kind]
+    workers = config.plain_workers if workers is None else workers
     return [sys.executable, PLAIN_SCRIPT, "--model", config.model, *dataset, "--image-size", str(config.image_size),
             "--batch-size", str(config.batch_size), "--epochs", str(config.epochs), *PLAIN_OPTIMIZER,
-            "--workers", str(config.plain_workers), "--device", config.device, "--seed", str(seed), *config.plain_extra]
+            "--workers", str(workers), "--device", config.device, "--seed", str(seed), *config.plain_extra]
 
 
-def build_sides(config: Config, work_dir: Path, seed: int = 0, tlcore_extra: str = "") -> list[Side]:
-    """The command lines of every side of ``config``: tlcore's (one per variant), then the plain loop's."""
+def fastai_command(config: Config, data_dir: Path, seed: int, python: str, workers: int) -> list[str]:
+    """``FASTAI_PYTHON benchmarks/fastai_loop.py``: same model, data, size, batch, epochs, seed and device."""
+    return [python, FASTAI_SCRIPT, "--model", config.model, "--data-dir", str(data_dir),
+            "--image-size", str(config.image_size), "--batch-size", str(config.batch_size),
+            "--epochs", str(config.epochs), "--workers", str(workers), "--device", config.device, "--seed", str(seed)]
+
+
+def build_sides(config: Config, work_dir: Path, seed: int = 0, tlcore_extra: str = "",
+                fastai_python: str | None = None) -> list[Side]:
+    """The command lines of every side of ``config``: tlcore's (one per variant), fastai's (with an interpreter
+    that has it, on ImageFolder data), then the plain loop's (the first is the one ratios compare against)."""
     data_dir = None if config.data.kind == "digits" else work_dir / "data" / config.data.folder_name()
     sides = []
     for index, (label, flags) in enumerate(config.tlcore_sides):
         run_dir = work_dir / "runs" / f"{config.name}-tlcore{index}"
         argv = tlcore_command(config, data_dir, run_dir, seed, [*flags, *shlex.split(tlcore_extra)])
         sides.append(Side(label, "tlcore", argv, run_dir))
-    sides.append(Side("plain loop", "plain", plain_command(config, data_dir, seed)))
+    if config.fastai and fastai_python and data_dir is not None:
+        sides.append(Side("fastai", "fastai", fastai_command(config, data_dir, seed, fastai_python, config.plain_workers)))
+    plain_label = f"plain loop ({config.plain_workers} workers)" if config.plain_variants else "plain loop"
+    sides.append(Side(plain_label, "plain", plain_command(config, data_dir, seed)))
+    for label, workers in config.plain_variants:
+        sides.append(Side(label, "plain", plain_command(config, data_dir, seed, workers)))
     return sides
 
 
@@ -253,6 +310,45 @@ def write_jpeg_folder(folder: Path, data: Data) -> None:
         pool.map(_write_jpegs, tasks)
 
 
+PHOTO_ASPECTS = (0.5625, 0.666, 0.75, 0.75, 0.75, 0.8)  # height/width of the generated photos (3:4 most often)
+
+
+def photo_heights(width: int) -> list[int]:
+    """The heights the generated photos of this width take, smallest first."""
+    return sorted({max(1, round(width * aspect)) for aspect in PHOTO_ASPECTS})
+
+
+def _write_photos(task: tuple[str, int, int, int, int]) -> None:
+    """Worker: one chunk of photo-like JPEGs, smooth class-coloured scenes with texture, of varying height."""
+    from PIL import Image
+
+    root, stream, start, count, width = task
+    patterns = np.random.default_rng(DATA_SEED).integers(30, 226, size=(len(PHOTO_CLASSES), 3, 4, 3)).astype(np.uint8)
+    rng = np.random.default_rng([DATA_SEED, stream])
+    labels = rng.permutation(np.arange(count) % len(PHOTO_CLASSES))
+    for offset, label in enumerate(labels):
+        height = max(1, round(width * PHOTO_ASPECTS[(start + offset) % len(PHOTO_ASPECTS)]))
+        scene = Image.fromarray(patterns[label]).resize((width, height), Image.Resampling.BICUBIC)
+        blobs = rng.integers(0, 256, size=(max(2, height // 4), max(2, width // 4), 3), dtype=np.uint8)
+        texture = np.asarray(Image.fromarray(blobs).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = rng.integers(-20, 21, size=(height, width, 3), dtype=np.int16)
+        pixels = (np.asarray(scene, dtype=np.int16) * 3 // 4 + (texture - 128) // 3 + grain + 32).clip(0, 255)
+        path = Path(root) / PHOTO_CLASSES[label] / f"{start + offset:06d}.jpg"
+        Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)  # about 60-100 KB at 500x375, as photos
+
+
+def write_photo_folder(folder: Path, data: Data) -> None:
+    """train/{ants,bees}/*.jpg and val/{ants,bees}/*.jpg: photo-sized JPEGs, written by as many processes as cores."""
+    tasks = []
+    for split, count, first_stream in (("train", data.train, 200), ("val", data.val, 2_000_000)):
+        for label in PHOTO_CLASSES:
+            (folder / split / label).mkdir(parents=True, exist_ok=True)
+        for chunk, start in enumerate(range(0, count, 100)):
+            tasks.append((str(folder / split), first_stream + chunk, start, min(100, count - start), data.size))
+    with Pool(os.cpu_count() or 1) as pool:
+        pool.map(_write_photos, tasks)
+
+
 def prepare_data(config: Config, work_dir: Path) -> None:
     """Generate the configuration's data in the work folder unless an earlier call (or run) left it complete."""
     if config.data.kind == "digits":
@@ -265,6 +361,8 @@ def prepare_data(config: Config, work_dir: Path) -> None:
     started = time.perf_counter()
     if config.data.kind == "cifar":
         write_cifar(folder / CIFAR_FOLDER, config.data)
+    elif config.data.kind == "photos":
+        write_photo_folder(folder, config.data)
     else:
         write_jpeg_folder(folder, config.data)
     done.write_text("")
@@ -311,7 +409,7 @@ def run_side(side: Side, log: Path, env: dict[str, str]) -> dict:
     if code != 0:
         tail = "\n    ".join(output.strip().splitlines()[-12:])
         raise SideFailed(f"{side.label} exited with {code}; last lines of {log}:\n    {tail}")
-    result = read_tlcore_result(side.run_dir) if side.kind == "tlcore" else read_plain_result(output)
+    result = read_tlcore_result(side.run_dir) if side.kind == "tlcore" else read_plain_result(output)  # fastai: as plain
     if side.run_dir is not None:
         shutil.rmtree(side.run_dir)  # checkpoints of ResNet-50 are large; only the metrics were needed
     return {"wall_seconds": seconds, "images_per_second": throughput(result["per_epoch_images_per_second"]), **result}
@@ -349,17 +447,30 @@ def run_config(config: Config, sides: list[Side], repeats: int, work_dir: Path, 
                   f"{run['images_per_second']:.1f} train img/s, val_acc {run['val_acc']:.4f}", flush=True)
 
 
+def ratio(ours: float, theirs: float) -> float:
+    """ours / theirs, NaN when theirs is 0 (a side that trained no batch)."""
+    return ours / theirs if theirs else float("nan")
+
+
 def summarise(sides: list[Side]) -> list[dict]:
-    """Medians per side, and tlcore/plain ratios for every tlcore side."""
+    """Medians per side; for every other side, ratios to the first plain-loop side (``wall_ratio``,
+    ``images_per_second_ratio``) and to each plain-loop side by label (``ratios``); tlcore's to fastai's too."""
     rows = []
     for side in sides:
-        rows.append({"side": side.label, "wall_seconds": statistics.median(r["wall_seconds"] for r in side.runs),
+        rows.append({"side": side.label, "kind": side.kind,
+                     "wall_seconds": statistics.median(r["wall_seconds"] for r in side.runs),
                      "images_per_second": statistics.median(r["images_per_second"] for r in side.runs),
                      "val_acc": statistics.median(r["val_acc"] for r in side.runs)})
-    plain = rows[-1]
-    for row in rows[:-1]:
-        row["images_per_second_ratio"] = row["images_per_second"] / plain["images_per_second"]
-        row["wall_ratio"] = row["wall_seconds"] / plain["wall_seconds"]
+    plains = [row for row in rows if row["kind"] == "plain"]
+    references = plains + [row for row in rows if row["kind"] == "fastai"]
+    for row in rows:
+        if row["kind"] == "plain":
+            continue
+        row["images_per_second_ratio"] = ratio(row["images_per_second"], plains[0]["images_per_second"])
+        row["wall_ratio"] = ratio(row["wall_seconds"], plains[0]["wall_seconds"])
+        row["ratios"] = {ref["side"]: {"wall": ratio(row["wall_seconds"], ref["wall_seconds"]),
+                                      "images_per_second": ratio(row["images_per_second"], ref["images_per_second"])}
+                         for ref in references if ref is not row and not (row["kind"] == "fastai" == ref["kind"])}
     return rows
 
 
@@ -422,8 +533,8 @@ def print_config(config: Config, sides: list[Side], repeats: int) -> None:
 
 
 def table(results: list[dict]) -> str:
-    """The closing Markdown table: medians per side and the tlcore/plain ratios."""
-    lines = ["| config | side | whole process s | train img/s | final val_acc | img/s tlcore/plain | wall tlcore/plain |",
+    """The closing Markdown table: medians per side, ratios to the first plain loop, then to the other references."""
+    lines = ["| config | side | whole process s | train img/s | final val_acc | img/s side/plain | wall side/plain |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for result in results:
         for row in result.get("summary", []):
@@ -431,6 +542,9 @@ def table(results: list[dict]) -> str:
                       else "- | -")
             lines.append(f"| {result['config']} | {row['side']} | {row['wall_seconds']:.1f} | "
                          f"{row['images_per_second']:.1f} | {row['val_acc']:.4f} | {ratios} |")
+            for other, ratio in list(row.get("ratios", {}).items())[1:]:  # the first is the columns' reference
+                lines.append(f"| {result['config']} | {row['side']} / {other} | | | | "
+                             f"{ratio['images_per_second']:.2f}x | {ratio['wall']:.2f}x |")
         if "skipped" in result or "error" in result:
             why = result.get("skipped") or "failed: " + result["error"].splitlines()[0]
             lines.append(f"| {result['config']} | - | {why} | | | | |")
@@ -483,12 +597,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--imagefolder-images", type=int, default=20_000, help="JPEG ImageFolder: train images (val 1/10)")
     parser.add_argument("--imagefolder-size", type=int, default=256, help="JPEG ImageFolder: image side in pixels")
     parser.add_argument("--decode-device", action="store_true", help="gpu-imagefolder-resnet50: add tlcore --decode device")
+    parser.add_argument("--fastai-python", help="an interpreter that has fastai: adds a fastai side to ImageFolder configs")
+    parser.add_argument("--fastai-venv", type=Path, help="a virtual environment for the fastai side, made there on first "
+                        "use (fastai from PyPI over this interpreter's torch); never this environment")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.fastai_python and args.fastai_venv:
+        parser.error("give --fastai-python or --fastai-venv, not both")
     if args.warmup is None:
         args.warmup = 0 if args.smoke else 1
     return args
+
+
+def has_fastai(python: str) -> bool:
+    """Whether ``python`` can import fastai's vision API."""
+    try:
+        done = subprocess.run([python, "-c", "import fastai.vision.all"], capture_output=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def ensure_fastai_venv(path: Path) -> str:
+    """The interpreter of a virtual environment at ``path`` that has fastai; made (or completed) there if needed.
+
+    The environment sees this interpreter's packages through a ``.pth`` file,
+    so fastai runs on the same torch and torchvision as the other sides and pip
+    downloads only what fastai adds. Raises SystemExit with pip's last lines
+    when the install fails.
+    """
+    python = path.resolve() / "bin" / "python"
+    if python.is_file() and has_fastai(str(python)):
+        return str(python)
+    if sys.prefix == str(path.resolve()):
+        raise SystemExit(f"--fastai-venv {path} is the environment running this benchmark; give another folder")
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "tlcore_benchmark_base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    print(f"installing fastai into {path} (over {sysconfig.get_paths()['purelib']})", flush=True)
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "fastai"], capture_output=True, text=True)
+    if done.returncode != 0 or not has_fastai(str(python)):
+        tail = "\n    ".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+        raise SystemExit(f"could not install fastai into {path}:\n    {tail}")
+    return str(python)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,6 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = select(args.config, build_configs(args))
     if args.on_cpu:  # the GPU configurations' commands, data and both sides, checked where there is no GPU
         configs = [replace(c, device="cpu") for c in configs]
+    fastai_python = args.fastai_python
+    if args.fastai_venv is not None and not args.dry_run:
+        fastai_python = ensure_fastai_venv(args.fastai_venv)
+    elif args.fastai_venv is not None:
+        fastai_python = str(args.fastai_venv / "bin" / "python")
+    if fastai_python and not args.dry_run and not has_fastai(fastai_python):
+        raise SystemExit(f"--fastai-python {fastai_python} cannot import fastai.vision.all")
     temporary = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="tlcore-speed-")) if temporary else args.work_dir.resolve()
     child_env = child_environment(args, work_dir)
@@ -509,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     results, failed = [], False
     try:
         for config in configs:
-            sides = build_sides(config, work_dir, args.seed, args.tlcore_extra)
+            sides = build_sides(config, work_dir, args.seed, args.tlcore_extra, fastai_python)
             print_config(config, sides, args.repeats)
             result = {"config": config.name, "settings": {"model": config.model, "data": config.data.title,
                       "image_size": config.image_size, "batch_size": config.batch_size, "epochs": config.epochs,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import tlcore
-from tlcore.callbacks.base import Callback
+from tlcore import Callback
 
 COLOURS = ["red", "green", "blue"]
 
@@ -79,7 +79,8 @@ class InCode:
     @tlcore.hookimpl
     def tlcore_register_backbones(self, register) -> None:
         """Register the backbone."""
-        register("code:convnet", conv_backbone, description="two conv layers, defined in a script")
+        # pretrained=False: it has no pretrained weights, so runs start it from random init without --weights none
+        register("code:convnet", conv_backbone, description="two conv layers, defined in a script", pretrained=False)
 
     @tlcore.hookimpl
     def tlcore_register_datasets(self, register) -> None:
@@ -102,8 +103,7 @@ def main() -> None:
     plugin = InCode()
     with tlcore.registered(plugin, "in-code"):
         result = tlcore.fit(
-            backbone="code:convnet",
-            weights="none",  # random init: the backbone has no pretrained weights
+            backbone="code:convnet",  # registered with pretrained=False: random init, no weights="none" needed
             dataset="code:colours",
             epochs=args.epochs,
             batch_size=16,

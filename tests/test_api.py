@@ -16,7 +16,9 @@ from tlcore.testing import TinyPlugin
 from tlcore.train import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(backbone="test:tiny", dataset="test:shapes", weights="none", batch_size=8, callbacks="-progress")
+TINY = dict(
+    backbone="tlcore.testing:tiny", dataset="tlcore.testing:shapes", weights="none", batch_size=8, callbacks="-progress"
+)
 
 
 def test_fit_returns_the_run_and_writes_its_folder(host, tmp_path):
@@ -37,8 +39,8 @@ def test_fit_options_are_checked_like_the_command_line(host, tmp_path):
     assert str(from_fit.value) == str(from_build.value) == "unknown config key 'batch_sise'; did you mean batch_size?"
     with pytest.raises(ConfigError, match="option epochs must be int, got 'two'"):
         api.fit(**TINY, epochs="two")
-    with pytest.raises(UnknownNameError, match="unknown backbone 'test:tiyn'"):
-        api.fit(**{**TINY, "backbone": "test:tiyn"}, output=str(tmp_path / "r"))
+    with pytest.raises(UnknownNameError, match="unknown backbone 'tlcore.testing:tiyn'"):
+        api.fit(**{**TINY, "backbone": "tlcore.testing:tiyn"}, output=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
 
 
@@ -46,7 +48,9 @@ def test_config_file_then_keywords_and_an_explicit_host(tmp_path):
     fresh = plugins.PluginHost(load_installed=False)  # not the process-wide host: only `host=` makes it used
     fresh.register(TinyPlugin(), "tiny")
     config = tmp_path / "run.toml"
-    config.write_text('backbone = "test:tiny"\ndataset = "test:shapes"\nweights = "none"\nepochs = 3\nbatch_size = 8\n')
+    config.write_text(
+        'backbone = "tlcore.testing:tiny"\ndataset = "tlcore.testing:shapes"\nweights = "none"\nepochs = 3\nbatch_size = 8\n'
+    )
     result = api.fit(config_file=config, host=fresh, epochs=1, output=str(tmp_path / "run"), callbacks="-progress")
     assert result.config.epochs == 1 and result.config.batch_size == 8 and len(result.history) == 1
 

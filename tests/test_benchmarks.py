@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO / "benchmarks"))  # appended: benchmarks/feature_cache.py must not shadow anything
 
 import channels_last  # noqa: E402
+import cpu_bf16  # noqa: E402
 import plain_loop  # noqa: E402
 import speed  # noqa: E402
+import startup  # noqa: E402
 
 # Flags whose values must be equal on both sides, as (tlcore flag, plain loop flag).
 SHARED = [("--image-size", "--image-size"), ("--batch-size", "--batch-size"), ("--epochs", "--epochs"), ("--seed", "--seed"),
@@ -134,10 +136,17 @@ def test_every_configuration_gives_both_sides_the_same_settings(tmp_path, smoke)
             "gpu-frozen-resnet50"} <= set(configs)
     for config in configs.values():
         sides = speed.build_sides(config, tmp_path, seed=5, tlcore_extra="--compile --accumulate 2")
-        plain = sides[-1]
-        assert plain.kind == "plain" and plain.argv[:2] == [sys.executable, speed.PLAIN_SCRIPT]
+        plains = [side for side in sides if side.kind == "plain"]
+        plain = plains[0]
+        assert plain.argv[:2] == [sys.executable, speed.PLAIN_SCRIPT]
         assert (REPO / speed.PLAIN_SCRIPT).is_file()
-        for side in sides[:-1]:
+        for variant, (label, workers) in zip(plains[1:], config.plain_variants, strict=True):  # only workers differ
+            assert variant.label == label and flag(variant.argv, "--workers") == str(workers)
+            assert [a for a in variant.argv if a != str(workers)] == [a for a in plain.argv if a != plain.argv[
+                plain.argv.index("--workers") + 1]]
+        tlcore_sides = [side for side in sides if side.kind == "tlcore"]
+        assert len(tlcore_sides) + len(plains) == len(sides)  # no fastai side unless an interpreter is given
+        for side in tlcore_sides:
             tl = side.argv
             assert side.kind == "tlcore" and tl[:4] == [sys.executable, "-m", "tlcore", "run"]
             assert flag(tl, "--backbone") == f"torchvision:{flag(plain.argv, '--model')}" == f"torchvision:{config.model}"
@@ -158,7 +167,7 @@ def test_every_configuration_gives_both_sides_the_same_settings(tmp_path, smoke)
             assert tl[-3:] == ["--compile", "--accumulate", "2"]
             if config.tlcore_workers is not None:
                 assert flag(tl, "--workers") == flag(plain.argv, "--workers")
-        assert len({s.run_dir for s in sides[:-1]}) == len(sides) - 1  # one run folder per tlcore side
+        assert len({s.run_dir for s in tlcore_sides}) == len(tlcore_sides)  # one run folder per tlcore side
 
 
 def test_cpu_configuration_uses_only_existing_tlcore_flags(tmp_path):
@@ -172,7 +181,8 @@ def test_cpu_configuration_uses_only_existing_tlcore_flags(tmp_path):
 
 def test_configuration_selection():
     configs = speed.build_configs(speed.parse_args([]))
-    assert {c.name for c in speed.select("gpu", configs)} == {n for n in configs if n != "cpu"}
+    assert {c.name for c in speed.select("gpu", configs)} == {n for n in configs if n.startswith("gpu-")}
+    assert [c.name for c in speed.select("cpu-jobs", configs)] == list(speed.CPU_JOBS)
     assert [c.name for c in speed.select("gpu-frozen-resnet50", configs)] == ["gpu-frozen-resnet50"]
     assert len(speed.select("all", configs)) == len(configs)
     with pytest.raises(SystemExit, match="unknown --config"):
@@ -204,7 +214,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(capsys, tmp_path):
     assert speed.main(["--config", "all", "--dry-run", "--work-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "device:" in out and "torchvision" in out and "timm" in out
-    assert out.count(" -m tlcore run ") == 7 and out.count(speed.PLAIN_SCRIPT) == 6
+    assert out.count(" -m tlcore run ") == 10 and out.count(speed.PLAIN_SCRIPT) == 10  # ants/bees: two plain loops
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
@@ -247,3 +257,280 @@ def test_channels_last_benchmark_names_an_unknown_model(capsys):
     with pytest.raises(SystemExit):
         channels_last.main(["--models", "resnet18,vgg99"])
     assert "unknown model 'vgg99'; accepted: resnet18, resnet50, tf_efficientnet_lite0" in capsys.readouterr().err
+
+
+# -- speed.py: the three CPU jobs of issue 15 --------------------------------------------------
+
+
+def test_cpu_jobs_are_the_issues_three():
+    configs = speed.build_configs(speed.parse_args([]))
+    cifar, folder, photos = (configs[name] for name in speed.CPU_JOBS)
+    assert (cifar.data.kind, cifar.data.train, cifar.image_size, cifar.epochs) == ("cifar", 600, 32, 2)
+    assert (folder.data.kind, folder.data.train + folder.data.val, folder.data.size, folder.image_size) == (
+        "jpeg", 400, 64, 64)
+    assert (photos.data.kind, photos.data.train, photos.data.val, photos.data.size, photos.image_size) == (
+        "photos", 245, 153, 500, 224)
+    assert all(c.model == "resnet18" and c.device == "cpu" and c.epochs == 2 for c in (cifar, folder, photos))
+    assert photos.plain_workers == 4 and photos.plain_variants == (("plain loop (0 workers)", 0),)
+    assert folder.fastai and photos.fastai and not cifar.fastai
+
+
+def test_generated_photos_are_an_imagefolder_of_photo_sized_jpegs(tmp_path):
+    data = speed.Data("photos", 7, 4, 120)
+    speed.write_photo_folder(tmp_path, data)
+    train = plain_loop.datasets.ImageFolder(str(tmp_path / "train"))
+    val = plain_loop.datasets.ImageFolder(str(tmp_path / "val"))
+    assert (len(train), len(val), train.classes) == (7, 4, speed.PHOTO_CLASSES)
+    sizes = {plain_loop.Image.open(path).size for path, _ in train.samples + val.samples}
+    assert {width for width, _ in sizes} == {120} and {h for _, h in sizes} <= set(speed.photo_heights(120))
+    assert len({h for _, h in sizes}) > 1  # shapes vary, as photos do
+    assert all(plain_loop.Image.open(path).format == "JPEG" for path, _ in train.samples)
+    assert {label for _, label in train.samples} == {0, 1}
+    assert speed.photo_heights(500) == [281, 333, 375, 400]
+
+
+def test_fastai_side_gets_the_same_model_data_and_sizes(tmp_path):
+    configs = speed.build_configs(speed.parse_args([]))
+    sides = speed.build_sides(configs["cpu-antsbees-resnet18"], tmp_path, seed=3, fastai_python="/opt/fa/python")
+    assert [side.kind for side in sides] == ["tlcore", "fastai", "plain", "plain"]
+    tl, fa, plain = sides[0].argv, sides[1].argv, sides[2].argv
+    assert fa[:2] == ["/opt/fa/python", speed.FASTAI_SCRIPT] and (REPO / speed.FASTAI_SCRIPT).is_file()
+    for name in ("--image-size", "--batch-size", "--epochs", "--seed", "--device", "--data-dir", "--workers"):
+        assert flag(fa, name) == flag(plain, name) is not None, name
+    assert flag(fa, "--model") == flag(plain, "--model") and flag(fa, "--data-dir") == flag(tl, "--data-dir")
+    cifar = speed.build_sides(configs["cpu-cifar-resnet18"], tmp_path, fastai_python="/opt/fa/python")
+    assert "fastai" not in [side.kind for side in cifar]  # fastai reads folders only
+
+
+def test_ratios_compare_with_every_plain_loop_and_with_fastai():
+    def side(label, kind, wall, speed_):
+        return speed.Side(label, kind, [], runs=[{"wall_seconds": wall, "images_per_second": speed_, "val_acc": 0.5}])
+
+    rows = speed.summarise([side("tlcore", "tlcore", 8.0, 100.0), side("fastai", "fastai", 10.0, 50.0),
+                            side("plain 4", "plain", 16.0, 40.0), side("plain 0", "plain", 10.0, 0.0)])
+    tl, fa = rows[0], rows[1]
+    assert (tl["wall_ratio"], tl["images_per_second_ratio"]) == (0.5, 2.5)
+    assert tl["ratios"]["plain 0"]["wall"] == 0.8 and tl["ratios"]["fastai"]["wall"] == 0.8
+    assert tl["ratios"]["plain 0"]["images_per_second"] != tl["ratios"]["plain 0"]["images_per_second"]  # NaN
+    assert "fastai" not in fa["ratios"] and fa["wall_ratio"] == 10.0 / 16.0
+    text = speed.table([{"config": "job", "summary": rows}])
+    assert "| job | tlcore / plain 0 | | | | nanx | 0.80x |" in text and "| job | tlcore / fastai |" in text
+
+
+def test_a_fastai_interpreter_without_fastai_is_refused(tmp_path):
+    assert not speed.has_fastai(sys.executable)  # tlcore's environment never gets fastai
+    with pytest.raises(SystemExit, match="cannot import fastai"):
+        speed.main(["--config", "cpu-imagefolder-resnet18", "--fastai-python", sys.executable,
+                    "--work-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="this benchmark"):
+        speed.ensure_fastai_venv(Path(sys.prefix))
+
+
+@pytest.mark.slow
+def test_speed_cpu_jobs_smoke_runs_every_side(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    report = tmp_path / "speed.json"
+    done = subprocess.run([sys.executable, "benchmarks/speed.py", "--config", "cpu-jobs", "--repeats", "1", "--smoke",
+                           "--json", str(report)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = {r["config"]: r for r in json.loads(report.read_text())["results"]}
+    assert set(results) == set(speed.CPU_JOBS)
+    sides = [row["side"] for row in results["cpu-antsbees-resnet18"]["summary"]]
+    assert sides == ["tlcore", "plain loop (4 workers)", "plain loop (0 workers)"]
+    assert all(row["images_per_second"] > 0 for r in results.values() for row in r["summary"])
+
+
+# -- benchmarks/startup.py ----------------------------------------------------------------
+
+
+IMPORTTIME = """import time: self [us] | cumulative | imported package
+import time:       100 |        100 |   _io
+import time:      2000 |    1500000 |   torch._C
+import time:      5000 |    2000000 | torch
+import time:       300 |    2100000 | tlcore
+import time:       400 |      90000 | typer
+"""
+
+
+def test_startup_reads_importtime_reports():
+    # only modules imported at the top level count: torch._C is inside torch's time
+    assert startup.heaviest_imports(IMPORTTIME, 3) == [("tlcore", 2.1), ("torch", 2.0), ("typer", 0.09)]
+
+
+def test_startup_table_marks_the_issues_targets():
+    rows = [{"command": "tlcore --help", "median": 1.2, "min": 1.1, "seconds": [1.2, 1.1, 1.3]},
+            {"command": "tlcore predict (1 image)", "median": 3.4, "min": 3.1, "seconds": [3.4]}]
+    text = startup.table(rows)
+    assert "| `tlcore --help` | 1.20 | 1.10 | 3 | < 1.5 s: met |" in text
+    assert "| `tlcore predict (1 image)` | 3.40 | 3.10 | 1 | < 3.0 s: NOT met |" in text
+
+
+def test_startup_times_chosen_commands_as_processes(tmp_path, capsys):
+    report = tmp_path / "startup.json"
+    assert startup.main(["--only", "python -c pass,tlcore --help", "--repeats", "2", "--json", str(report),
+                         "--work-dir", str(tmp_path / "work")]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["command"] for row in rows] == ["python -c pass", "tlcore --help"]
+    assert all(len(row["seconds"]) == 2 and row["median"] > 0 for row in rows)
+    assert not (tmp_path / "work" / "run").exists()  # no predict asked: no checkpoint trained
+    assert "| `tlcore --help` |" in capsys.readouterr().out
+    assert startup.main(["--only", "nothing-like-this", "--work-dir", str(tmp_path / "work")]) == 2
+
+
+@pytest.mark.slow
+def test_startup_smoke_runs_every_command(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/startup.py", "--smoke", "--json", str(tmp_path / "s.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert {"tlcore --help", "tlcore predict (1 image)", "tlcore plan", "tlcore plugins"} <= {r["command"] for r in rows}
+
+
+# -- benchmarks/cpu_bf16.py ------------------------------------------------------------------
+
+
+def test_cpu_bf16_benchmark_measures_both_precisions(capsys, one_thread):
+    assert cpu_bf16.main(["--models", "torchvision:resnet18", "--smoke", "--accuracy-seeds", ""]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| torchvision:resnet18 |")]
+    assert len(rows) == 1
+    fp32, bf16, ratio = (cell.strip() for cell in rows[0].strip("|").split("|")[1:4])
+    assert float(fp32) > 0 and float(bf16) > 0
+    assert float(ratio[:-1]) == pytest.approx(float(bf16) / float(fp32), rel=0.05)
+
+
+def test_cpu_bf16_accuracy_runs_put_the_family_in_the_table_for_bf16_only(monkeypatch, tmp_path):
+    from tlcore import device
+
+    seen = []
+
+    class Result:
+        def __init__(self, output_dir):
+            self.output_dir, self.history = output_dir, [{"val_acc": 0.5}]
+
+    def fake_fit(config):  # records what tlcore would train in; the real fit is covered by tests/test_threads.py
+        dtype = device.autocast_dtype(torch.device("cpu"), config.amp, config.backbone)
+        seen.append((config.seed, str(dtype)) if config.dataset == "digits" else (config.dataset, config.data_dir))
+        out = Path(config.output)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text(json.dumps({"resolved": {"amp_dtype": "bfloat16" if dtype else None}}))
+        return Result(out)
+
+    monkeypatch.setattr("tlcore.train.fit", fake_fit)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "CPU_BF16_FAMILIES", {"convnext*": "measured"})
+    args = cpu_bf16.parse_args(["--accuracy-seeds", "0,1", "--epochs", "1"])
+    acc = cpu_bf16.accuracy("torchvision:resnet18", args, tmp_path)
+    assert acc == {"float32": [0.5, 0.5], "bf16": [0.5, 0.5]}
+    assert seen == [(0, "None"), (0, "torch.bfloat16"), (1, "None"), (1, "torch.bfloat16")]
+    assert device.CPU_BF16_FAMILIES == {"convnext*": "measured"}  # restored after each run
+    seen.clear()
+    args.cifar_images = 30
+    assert cpu_bf16.accuracy("torchvision:resnet18", args, tmp_path, "cifar")["bf16"] == [0.5, 0.5]
+    ((dataset, data_dir),) = set(seen)
+    from tlcore_datasets.cifar import load_cifar10
+
+    from tlcore.dataset import DatasetOptions
+
+    splits = load_cifar10("cifar10", DatasetOptions(data_dir=Path(data_dir), download=False))  # the real format
+    assert dataset == "cifar10" and (len(splits.train), len(splits.val)) == (30, 10)
+    with pytest.raises(SystemExit):
+        cpu_bf16.parse_args(["--accuracy-data", "imagenet"])
+
+
+# -- benchmarks/loaded.py ---------------------------------------------------------------------
+
+
+def test_loaded_benchmark_measures_each_load_and_thread_count(capsys, one_thread):
+    import loaded
+
+    argv = ["--load", "0,1", "--threads", "1", "--image-size", "16", "--batch-size", "2", "--steps", "1", "--repeats", "1"]
+    assert loaded.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1:3] for row in rows] == [[" 0 ", " 1 "], [" 1 ", " 1 "]]
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
+
+
+# -- benchmarks/recipes.py and benchmarks/peer_recipes.py ----------------------------------
+
+
+def test_recipes_rows_share_one_val_set_and_nest_their_training_images(tmp_path):
+    import recipes
+    from PIL import Image
+
+    folders = recipes.write_data(tmp_path, [(2, 1), (3, 1)], val_per_class=2)
+    assert sorted(folders) == ["k2", "k3"]
+
+    def files(row: str, split: str) -> dict[str, bytes]:
+        return {str(p.relative_to(folders[row] / split)): p.read_bytes() for p in (folders[row] / split).glob("*/*.png")}
+
+    assert files("k2", "val") == files("k3", "val") and len(files("k2", "val")) == 20  # the same val images, byte for byte
+    small, large = files("k2", "train"), files("k3", "train")
+    assert len(small) == 20 and len(large) == 30 and small.items() <= large.items()  # nested subsets
+    assert {Path(name).name for name in large}.isdisjoint(Path(name).name for name in files("k2", "val"))
+    with Image.open(next((folders["k2"] / "train" / "7").glob("*.png"))) as image:
+        assert image.size == (64, 64) and image.mode == "L"
+    (folders["k2"] / "train" / "7" / "marker.png").write_bytes(b"kept")  # a complete folder is not rewritten
+    recipes.write_data(tmp_path, [(2, 1)], val_per_class=2)
+    assert (folders["k2"] / "train" / "7" / "marker.png").read_bytes() == b"kept"
+
+
+def test_recipes_tlcore_variants_are_extra_arguments_and_peers_join_only_with_their_environment():
+    import recipes
+
+    chosen = recipes.sides(["--mixup 0.2", "--augment 'randaugment'"], peers=False, common="--weights none")
+    assert [(s.label, s.kind, s.extra) for s in chosen] == [
+        ("tlcore default", "tlcore", ["--weights", "none"]),
+        ("tlcore --mixup 0.2", "tlcore", ["--weights", "none", "--mixup", "0.2"]),
+        ("tlcore --augment 'randaugment'", "tlcore", ["--weights", "none", "--augment", "randaugment"]),
+    ]
+    assert [s.kind for s in recipes.sides([], peers=True)] == ["tlcore", "fastai", "timm"]
+    with pytest.raises(ValueError):
+        recipes.sides(["--mixup '0.2"], peers=False)
+    assert recipes.parse_args([]).tlcore_variant == recipes.DEFAULT_VARIANTS
+    assert recipes.parse_args(["--tlcore-variant", "--ema 0.999"]).tlcore_variant == ["--ema 0.999"]
+    with pytest.raises(SystemExit):
+        recipes.parse_args(["--seeds", "a,b"])
+
+
+def test_recipes_table_gives_the_mean_and_each_seed():
+    import recipes
+
+    report = {"sides": [{"label": "tlcore default", "kind": "tlcore"}, {"label": "timm train.py recipe", "kind": "timm"}],
+              "rows": [{"name": "k10", "per_class": 10, "epochs": 10, "train_images": 100}],
+              "results": [{"row": "k10", "side": "tlcore default",
+                           "seeds": [{"val_acc": 0.5, "tta_val_acc": 0.7}, {"val_acc": 0.6, "tta_val_acc": 0.8}]},
+                          {"row": "k10", "side": "timm train.py recipe", "seeds": [{"val_acc": 0.25}]}]}
+    lines = recipes.tables(report).splitlines()
+    assert lines[2] == "| 10 (100 images), 10 epochs | 0.550 (0.500, 0.600) | 0.250 |"
+    assert lines[-1] == "| 10 (100 images), 10 epochs | 0.550 (0.500, 0.600) | 0.750 (0.700, 0.800) |"
+
+
+def test_peer_batch_is_the_default_unless_an_epoch_would_have_fewer_than_two_steps():
+    import peer_recipes
+
+    assert peer_recipes.fit_batch(128, 1437) == 128 and peer_recipes.fit_batch(128, 500) == 128
+    assert peer_recipes.fit_batch(128, 100) == 32 and peer_recipes.fit_batch(64, 100) == 32
+    assert peer_recipes.fit_batch(64, 1) == 1
+
+
+def test_recipes_smoke_runs_tlcore_and_its_tta_on_the_written_folders(tmp_path, monkeypatch):
+    import recipes
+
+    from tlcore.testing import write_fake_distribution
+
+    site = write_fake_distribution(tmp_path / "site", "tlcore-tiny-recipes", {"tiny": "tlcore.testing:tiny_plugin"})
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("TLCORE_PLUGINS", "tiny,datasets")
+    out = tmp_path / "report.json"
+    argv = ["--smoke", "--work", str(tmp_path / "work"), "--backbone", "tlcore.testing:tiny",
+            "--tlcore-args", "--weights none --workers 0", "--json", str(out)]
+    assert recipes.main(argv) == 0  # no --peers: tlcore's side only
+    report = json.loads(out.read_text())
+    assert [s["label"] for s in report["sides"]] == ["tlcore default"] and report["failures"] == []
+    ((row,), (result,)) = report["rows"], report["results"]
+    assert (row["name"], row["train_images"], row["val_images"], row["epochs"]) == ("k2", 20, 20, 1)
+    (run,) = result["seeds"]
+    assert 0.0 <= run["val_acc"] <= 1.0 and 0.0 <= run["tta_val_acc"] <= 1.0
+    assert run["eval_val_acc"] == pytest.approx(run["val_acc"])  # the checkpoint evaluated on the same val folder
+    assert flag(run["command"].split(), "--image-size") == "64" and flag(run["command"].split(), "--epochs") == "1"
+    assert flag(run["command"].split(), "--data-dir") == row["data_dir"]

@@ -20,7 +20,7 @@ def run_cli(args, capsys):
     return code, captured.out, captured.err
 
 
-TINY = ["--backbone", "test:tiny", "--dataset", "test:shapes", "--weights", "none", "--batch-size", "8"]
+TINY = ["--backbone", "tlcore.testing:tiny", "--dataset", "tlcore.testing:shapes", "--weights", "none", "--batch-size", "8"]
 
 
 def assert_one_line_error(code, err, *fragments):
@@ -41,7 +41,7 @@ def test_run_from_the_command_line(host, tmp_path, capsys):
 def test_config_file_with_flag_overrides(host, tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text(
-        'backbone = "test:tiny"\ndataset = "test:shapes"\nweights = "none"\nepochs = 3\nbatch_size = 8\n'
+        'backbone = "tlcore.testing:tiny"\ndataset = "tlcore.testing:shapes"\nweights = "none"\nepochs = 3\nbatch_size = 8\n'
         'callbacks = ["-progress"]\n'
     )
     code, _, err = run_cli(["run", "--config", str(config), "--epochs", "1", "--output", str(tmp_path / "r")], capsys)
@@ -54,11 +54,14 @@ def test_config_file_with_flag_overrides(host, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["--backbone", "test:tiyn"], ["unknown backbone 'test:tiyn'", "did you mean test:tiny"]),
-        (["--dataset", "test:shape"], ["unknown dataset 'test:shape'", "test:shapes"]),
+        (
+            ["--backbone", "tlcore.testing:tiyn"],
+            ["unknown backbone 'tlcore.testing:tiyn'", "did you mean tlcore.testing:tiny"],
+        ),
+        (["--dataset", "test:shape"], ["unknown dataset 'test:shape'", "tlcore.testing:shapes"]),
         (["--epochs", "0"], ["epochs must be a positive integer, got 0"]),
         (["--batch-size", "-1"], ["batch_size must be a positive integer, got -1"]),
-        (["--image-size", "4"], ["image size 4 is too small for backbone test:tiny; it accepts 8 or more"]),
+        (["--image-size", "4"], ["image size 4 is too small for backbone tlcore.testing:tiny; it accepts 8 or more"]),
         (["--optimizer", "adam"], ["optimizer 'adam' is not accepted; accepted: sgd, adamw"]),
         (["--head", "liner"], ["unknown head 'liner'", "linear"]),
         (
@@ -96,22 +99,24 @@ def test_config_file_errors(host, tmp_path, capsys):
 def test_list_shows_plugin_and_filters(host, capsys):
     code, out, _ = run_cli(["list", "heads"], capsys)
     assert code == 0 and "linear" in out and "tlcore.heads" in out
-    code, out, _ = run_cli(["list", "backbones", "test:*", "--json"], capsys)
-    assert [row["name"] for row in json.loads(out)] == ["test:tiny"]
+    code, out, _ = run_cli(["list", "backbones", "tlcore.testing:*", "--json"], capsys)
+    assert [row["name"] for row in json.loads(out)] == ["tlcore.testing:tiny"]
     code, out, _ = run_cli(["list", "freeze", "back*"], capsys)
-    assert out.split()[0] == "backbone" and "none" not in out.split()
+    header, *rows = out.splitlines()
+    assert header.split() == ["name", "plugin", "description"]  # tables have a header row
+    assert rows[0].split()[0] == "backbone" and "none" not in out.split()
 
 
 def test_plugins_json(host, capsys):
     code, out, _ = run_cli(["plugins", "--json"], capsys)
     records = {r["name"]: r for r in json.loads(out)}
-    assert records["tiny"]["source"] == "runtime"
-    assert "tlcore_register_backbones" in records["tiny"]["hooks"]
+    assert records["tlcore.testing"]["source"] == "runtime"
+    assert "tlcore_register_backbones" in records["tlcore.testing"]["hooks"]
     assert records["tlcore.heads"]["distribution"] == "tlcore"
 
 
 def test_info_shows_groups_and_preprocessing(host, capsys):
-    code, out, _ = run_cli(["info", "test:tiny"], capsys)
+    code, out, _ = run_cli(["info", "tlcore.testing:tiny"], capsys)
     assert code == 0
     assert "feature_dim   16" in out and "stage2" in out and "mean [0.5, 0.5, 0.5]" in out
 

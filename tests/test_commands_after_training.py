@@ -53,7 +53,7 @@ def test_eval_table_and_json(run, capsys):
     assert code == 0, err
     recorded = max(run.history, key=lambda m: m["val_acc"])  # what best.safetensors holds
     assert f"accuracy    {recorded['val_acc']:.4f}" in out, out
-    assert "test:shapes, val split, 12 images" in out and "top-5       n/a (2 classes)" in out
+    assert "tlcore.testing:shapes, val split, 12 images" in out and "top-5       n/a (2 classes)" in out
     assert "top_left" in out and "macro avg" in out and "confusion matrix" in out
     code, out, _ = run_cli(["eval", "--checkpoint", run.output_dir, "--split", "train", "--json"], capsys)
     report = json.loads(out)
@@ -97,7 +97,9 @@ def test_export_prints_where_and_how_close(run, capsys):
     assert out.startswith(
         f"exported pt2 to {run.output_dir / 'best.pt2'} (checked on input [3, 3, 16, 16]: max |difference|"
     )
-    assert out.rstrip().endswith(f"classes and preprocessing in {run.output_dir / 'best.pt2.json'}")
+    assert out.rstrip().endswith(
+        f"classes and preprocessing in {run.output_dir / 'best.pt2.json'}; model card in {run.output_dir / 'best.pt2.md'}"
+    )
 
 
 def test_bad_checkpoints_give_one_line_errors(run, tmp_path, capsys):

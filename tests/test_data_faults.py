@@ -104,8 +104,8 @@ def test_unwritable_output_folder_is_reported(host, tiny_config, tmp_path):
         fit(tiny_config(output=str(blocker / "run")), host)
 
 
-def test_eval_names_an_undecodable_image_in_one_line(folder_host, tiny_config, tmp_path):
-    from tlcore.evaluation import evaluate_checkpoint
+def test_eval_skips_and_counts_an_undecodable_image(folder_host, tiny_config, tmp_path):
+    from tlcore.evaluation import evaluate_checkpoint, render_report
 
     data = write_image_folder(tmp_path / "images", per_class=6, size=20)
     result = fit(
@@ -113,14 +113,20 @@ def test_eval_names_an_undecodable_image_in_one_line(folder_host, tiny_config, t
         folder_host,
     )
     (data / "val" / "bees" / "bees_2.jpg").write_bytes(b"\xff\xd8 broken")
-    with pytest.raises(DataError, match=r"^cannot read image \S*bees_2\.jpg.*; remove or fix it to evaluate") as caught:
-        evaluate_checkpoint(result.output_dir / "best.safetensors", workers=2)
+    report = evaluate_checkpoint(result.output_dir / "best.safetensors", workers=2)
+    assert report.metrics.images == 11 and len(report.unreadable) == 1 and "bees_2.jpg" in report.unreadable[0]
+    assert report.to_dict()["unreadable_images"] == 1
+    assert "skipped     1 unreadable images" in render_report(report)
+    # the scored images line up with the outputs: bees_2 (position 8 of 12) is not among them
+    assert report.outputs.indices.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11] and len(report.data) == 11
+    with pytest.raises(DataError, match=r"^cannot read image \S*bees_2\.jpg.*stopped by --strict") as caught:
+        evaluate_checkpoint(result.output_dir / "best.safetensors", workers=2, strict=True)
     assert "\n" not in str(caught.value)  # not a worker's traceback
 
 
 def test_steps_without_any_gradient_pass_under_the_fp16_scaler(host, tiny_config, monkeypatch):
     # fp16 (CUDA GPUs without bf16) adds a gradient scaler, which fails when asked to step without any gradient
-    monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled: torch.float16)
+    monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled, backbone=None: torch.float16)
     host.register(NanPlugin(), "nan")
     result = fit(tiny_config(head="test:nan", epochs=2, skip_nonfinite=True), host)
     assert result.history[-1]["nonfinite_batches"] == 3

@@ -25,7 +25,7 @@ def pipelines(data: DatasetSplits, **options):
     built = []
     for decode in ("device", "cpu"):
         config = build_config(overrides={"decode": decode, "batch_size": 5, "workers": 0, **options})
-        samplers = EpochSampler(len(data.train), 0), EpochSampler(len(data.val), 0, False)
+        samplers = EpochSampler(len(data.train), 0), EpochSampler(len(data.val), 0, shuffle=False)
         built.append(build_pipeline(config, data, PRE, 16, torch.device("cpu"), *samplers))
     return built
 
@@ -67,7 +67,7 @@ def test_png_files_and_broken_files_in_a_jpeg_folder(tmp_path, tlcore_installed,
     images, labels, unreadable = collect(on_device.train)
     assert len(labels) == len(data.train) - 1
     assert len(unreadable) == 1 and "broken.jpg" in unreadable[0]
-    settings = dict(backbone="test:tiny", dataset="imagefolder", data_dir=str(root), decode="device", epochs=1)
+    settings = dict(backbone="tlcore.testing:tiny", dataset="imagefolder", data_dir=str(root), decode="device", epochs=1)
     result = fit(tiny_config(**settings), host)
     assert result.history[0]["unreadable_images"] == 1
     with pytest.raises(DataError, match=r"broken\.jpg.*stopped by --strict"):

@@ -26,7 +26,8 @@ from tlcore.train import fit
 torch.set_num_threads(1)
 host = reset_host(load_installed=False)
 host.register(TinyPlugin(), "tiny")
-config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", epochs=3, batch_size=4,
+config = build_config(overrides=dict(backbone="tlcore.testing:tiny", dataset="tlcore.testing:shapes", weights="none",
+                                     epochs=3, batch_size=4,
                                      freeze="gradual", unfreeze_start=1, output=sys.argv[1], callbacks=["-progress"],
                                      **json.loads(sys.argv[3])))
 result = fit(config, host)
@@ -42,8 +43,12 @@ def torchrun(*args, env=None):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"accumulate": 2, "pipeline": "loader", "workers": 0}],
-    ids=["memory-pipeline", "accumulate-2-loader-pipeline"],
+    [
+        {},
+        {"accumulate": 2, "pipeline": "loader", "workers": 0},
+        {"mixup": 0.4, "cutmix": 1.0, "ema": 0.9, "clip_grad": 0.5, "lr": "auto"},
+    ],
+    ids=["memory-pipeline", "accumulate-2-loader-pipeline", "mixing-ema-clipping-lr-auto"],
 )
 def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path, options):
     script = tmp_path / "ddp_fit.py"
@@ -61,6 +66,9 @@ def test_two_processes_end_with_identical_weights_across_unfreezing(tmp_path, op
     assert config["resolved"]["train_images"] == 36
     assert config["resolved"]["effective_batch"] == 4 * 2 * options.get("accumulate", 1)
     assert config["resolved"]["pipeline"] == options.get("pipeline", "memory")
+    if "ema" in options:  # every process validated the average and clipped; they trained at rank 0's suggestion
+        assert all("ema_val_acc" in m and m["grad_norm"] > 0 for m in lines)
+        assert config["config"]["lr"] == "auto" and config["resolved"]["lr"] == config["resolved"]["lr_find"]["suggestion"]
 
 
 def test_torchrun_dash_m_tlcore_run(tmp_path):
@@ -71,9 +79,9 @@ def test_torchrun_dash_m_tlcore_run(tmp_path):
         "tlcore",
         "run",
         "--backbone",
-        "test:tiny",
+        "tlcore.testing:tiny",
         "--dataset",
-        "test:shapes",
+        "tlcore.testing:shapes",
         "--weights",
         "none",
         "--epochs",
@@ -132,7 +140,8 @@ distributed.STOP_CHECK_STEPS = 4
 host = reset_host(load_installed=False)
 host.register(TinyPlugin(), "tiny")
 host.register(FaultPlugin(), "fault")
-config = build_config(overrides=dict(backbone="test:tiny", dataset="test:shapes", weights="none", batch_size=4,
+config = build_config(overrides=dict(backbone="tlcore.testing:tiny", dataset="tlcore.testing:shapes", weights="none",
+                                     batch_size=4,
                                      head="test:fault-rank1", output=sys.argv[1], callbacks=["-progress"],
                                      **json.loads(sys.argv[5])))
 try:
@@ -172,7 +181,7 @@ def test_a_wholly_unreadable_batch_on_one_process_stops_with_one_line(tmp_path):
     (data / "train" / "ants" / "ants_0.jpg").write_bytes(b"not a jpeg at all")
     site = write_fake_distribution(tmp_path / "site", "tlcore-tiny-example", {"tiny": "tlcore.testing:tiny_plugin"})
     done = torchrun(
-        *("-m", "tlcore", "run", "--backbone", "test:tiny", "--dataset", "imagefolder", "--data-dir", str(data)),
+        *("-m", "tlcore", "run", "--backbone", "tlcore.testing:tiny", "--dataset", "imagefolder", "--data-dir", str(data)),
         *("--image-size", "16", "--weights", "none", "--epochs", "1", "--batch-size", "1", "--workers", "0"),
         *("--output", str(tmp_path / "run")),
         env={"PYTHONPATH": str(site), "TLCORE_PLUGINS": "tiny,datasets"},

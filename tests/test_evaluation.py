@@ -55,7 +55,7 @@ def seven_run(tmp_path):
     host.register(SevenPlugin(), "seven")
     config = build_config(
         overrides=dict(
-            backbone="test:tiny",
+            backbone="tlcore.testing:tiny",
             dataset="test:seven",
             weights="none",
             epochs=2,

@@ -54,11 +54,12 @@ def test_torchscript_and_pt2_load_without_tlcore(run, host):
         assert sidecar["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and sidecar["preprocessing"]["resize_to"] == 18
         assert sidecar["verified"]["max_abs_diff"] == result.max_abs_diff
     assert not list(folder.glob(".*.tmp*"))  # no temporary files left behind
-    # a batch size never seen during export, against the checkpoint's own model
+    # a batch size never seen during export, against the checkpoint's own model (calibrated: the artifacts divide
+    # the logits by the checkpoint's temperature, as predict does)
     predictor = load_checkpoint(folder, device="cpu", host=host)
     inputs = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        torch.save((inputs, predictor.model(inputs)), folder / "check.pt")
+        torch.save((inputs, predictor.calibrated(inputs)), folder / "check.pt")
     done = subprocess.run([sys.executable, "-c", WITHOUT_TLCORE, str(folder)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])

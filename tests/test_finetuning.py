@@ -176,7 +176,7 @@ def test_plan_prints_groups_per_phase(host, capsys):
         [
             "plan",
             "--backbone",
-            "test:tiny",
+            "tlcore.testing:tiny",
             "--weights",
             "none",
             "--freeze",
@@ -192,7 +192,9 @@ def test_plan_prints_groups_per_phase(host, capsys):
     assert "epoch 1:" in out and "epoch 2:" in out and "epoch 3:" in out
     first = out.split("epoch 2:")[0]
     assert "stage2" in first and " no " in first and "eval" in first
-    code, _, err = run_cli(["plan", "--backbone", "test:tiny", "--freeze", "partial", "--freeze-to", "layer3"], capsys)
+    code, _, err = run_cli(
+        ["plan", "--backbone", "tlcore.testing:tiny", "--freeze", "partial", "--freeze-to", "layer3"], capsys
+    )
     assert code == 2 and "not a layer group of this backbone; it has: stem, stage1, stage2" in err
 
 
@@ -203,6 +205,7 @@ def test_epoch_sampler_shares_are_equal_and_counted_without_drawing():
     shares = [list(EpochSampler(3, seed=1, rank=r, world_size=8)) for r in range(8)]
     assert {len(share) for share in shares} == {1}
     assert {index for share in shares for _, index in share} == {0, 1, 2}
-    for sampler in (EpochSampler(10, 0, rank=1, world_size=3), EpochSampler(10, 0, False, rank=2, world_size=3, even=False)):
+    uneven = EpochSampler(10, 0, shuffle=False, rank=2, world_size=3, even=False)
+    for sampler in (EpochSampler(10, 0, rank=1, world_size=3), uneven):
         sampler.set_epoch(4, start=1)
         assert len(sampler) == len(list(sampler))

@@ -86,7 +86,7 @@ SCALAR = st.one_of(
     st.floats(),
     st.booleans(),
     st.text(max_size=20),
-    st.sampled_from(["cosine", "sgd", "none", "backbone", "mlp", "test:tiny", "cpu", "auto", "1,2", "+progress"]),
+    st.sampled_from(["cosine", "sgd", "none", "backbone", "mlp", "tlcore.testing:tiny", "cpu", "auto", "1,2", "+progress"]),
 )
 TOML_VALUE = st.recursive(
     SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEY, inner, max_size=3), max_leaves=6
@@ -154,8 +154,8 @@ def test_config_files_of_random_bytes(tmp_path, content):
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=16)
 CHOICES = {
-    "backbone": ["test:tiny", "test:tiyn", "torchvision:resnet18", "tiny"],
-    "dataset": ["test:shapes", "cifar10", "digits"],
+    "backbone": ["tlcore.testing:tiny", "tlcore.testing:tiyn", "torchvision:resnet18", "tiny"],
+    "dataset": ["tlcore.testing:shapes", "cifar10", "digits"],
     "weights": ["none", "pretrained", "missing.pth", "."],
     "head": ["linear", "mlp", "cosine"],
     "freeze": ["none", "backbone", "partial", "gradual", "norm", "bogus"],
@@ -200,7 +200,8 @@ def option_values(draw):
     return args
 
 
-TINY = ["--backbone", "test:tiny", "--dataset", "test:shapes", "--weights", "none", "--batch-size", "8", "--epochs", "1"]
+TINY = ["--backbone", "tlcore.testing:tiny", "--dataset", "tlcore.testing:shapes", "--weights", "none"]
+TINY += ["--batch-size", "8", "--epochs", "1"]
 
 
 def call_cli(argv: list[str]) -> tuple[int, str]:
@@ -334,7 +335,7 @@ def test_malformed_cifar_files_are_a_data_error(tmp_path_factory, case):
 
 
 def checkpoint_bytes() -> bytes:
-    info = CheckpointInfo("test:tiny", ["a", "b"], "linear", {}, {}, 16, 1, {"val_acc": 1.0}, "none")
+    info = CheckpointInfo("tlcore.testing:tiny", ["a", "b"], "linear", {}, {}, 16, 1, {"val_acc": 1.0}, "none")
     return save(
         {f"backbone.{k}": v.contiguous() for k, v in tiny_module().state_dict().items()}, metadata=info.to_metadata()
     )

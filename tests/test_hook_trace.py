@@ -38,8 +38,8 @@ def test_each_call_is_traced_with_hook_plugin_and_what_it_registered(monkeypatch
     host.catalog("backbones")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(TRACE)]
     body = [line.rsplit(" (", 1)[0] for line in lines]  # without the time
-    assert f"{TRACE}tlcore_register_backbones plugin=tiny -> registered test:tiny" in body
-    assert f"{TRACE}tlcore_register_datasets plugin=tiny -> registered test:shapes" in body
+    assert f"{TRACE}tlcore_register_backbones plugin=tiny -> registered tlcore.testing:tiny" in body
+    assert f"{TRACE}tlcore_register_datasets plugin=tiny -> registered tlcore.testing:shapes" in body
     assert f"{TRACE}tlcore_register_heads plugin=tlcore.heads -> registered linear, mlp" in body
     assert all(line.endswith(" ms)") for line in lines)
     assert len(lines) == sum(len(host.hook_impls(hook)) for hook in plugins.REGISTER_HOOKS.values())
@@ -66,14 +66,14 @@ def test_return_values_and_pluggy_calls_are_summarised(monkeypatch, capsys):
     class Offers:
         @tlcore.hookimpl
         def tlcore_pretrained_weights(self, backbone):
-            return None if backbone != "test:tiny" else "weights for " + backbone
+            return None if backbone != "tlcore.testing:tiny" else "weights for " + backbone
 
     host.register(Offers(), "offers")
     impl = host.hook_impls("tlcore_pretrained_weights")[-1]
-    assert host.call_impl(impl, backbone="test:tiny") == "weights for test:tiny"
+    assert host.call_impl(impl, backbone="tlcore.testing:tiny") == "weights for tlcore.testing:tiny"
     assert host.pm.hook.tlcore_pretrained_weights(backbone="other") is None  # straight through pluggy
     err = capsys.readouterr().err
-    assert f"{TRACE}tlcore_pretrained_weights plugin=offers -> 'weights for test:tiny' (" in err
+    assert f"{TRACE}tlcore_pretrained_weights plugin=offers -> 'weights for tlcore.testing:tiny' (" in err
     assert f"{TRACE}tlcore_pretrained_weights plugins=offers -> None" in err
 
 
@@ -96,7 +96,7 @@ def test_the_command_line_traces_too(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_plugin_commands_added", False)
     code, out, err = run_cli(["list", "heads"], capsys)
     assert code == 0 and "linear" in out
-    assert f"{TRACE}tlcore_register_commands plugin=tlcore.commands -> registered eval, predict, export (" in err
+    assert f"{TRACE}tlcore_register_commands plugin=tlcore.commands -> registered eval, predict, export" in err
     assert f"{TRACE}tlcore_register_heads plugin=tlcore.heads -> registered linear, mlp (" in err
 
 
@@ -110,7 +110,7 @@ def test_a_backbone_factory_that_raises_names_its_plugin_in_one_line(host, tmp_p
             raise RuntimeError("out of coffee")
 
     host.register(Broken(), "broken-plugin")
-    args = ["run", "--backbone", "broken:net", "--dataset", "test:shapes", "--weights", "none", "--epochs", "1"]
+    args = ["run", "--backbone", "broken:net", "--dataset", "tlcore.testing:shapes", "--weights", "none", "--epochs", "1"]
     code, _, err = run_cli([*args, "--output", str(tmp_path / "r")], capsys)
     assert code == 2
     assert err == (

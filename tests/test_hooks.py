@@ -16,13 +16,14 @@ from tlcore.train import fit
 
 
 def test_backbones_hook(host):
-    entry = host.catalog("backbones").resolve("test:tiny")
-    assert entry.plugin == "tiny"
-    assert entry.factory("test:tiny", tlcore.BackboneOptions()).feature_dim == 16
+    entry = host.catalog("backbones").resolve("tlcore.testing:tiny")
+    assert entry.plugin == "tlcore.testing"
+    assert entry.factory("tlcore.testing:tiny", tlcore.BackboneOptions()).feature_dim == 16
 
 
 def test_datasets_hook(host):
-    data = host.catalog("datasets").resolve("test:shapes").factory("test:shapes", tlcore.DatasetOptions())
+    entry = host.catalog("datasets").resolve("tlcore.testing:shapes")
+    data = entry.factory("tlcore.testing:shapes", tlcore.DatasetOptions())
     assert data.classes == ["top_left", "bottom_right"] and len(data.train) == 36
 
 
@@ -136,7 +137,9 @@ def test_commands_hook(host, monkeypatch, capsys):
         cli.app.registered_commands[:] = before
     captured = capsys.readouterr()
     assert "hello tlcore" in captured.out
-    assert "command 'run' of plugin greeter conflicts with plugin tlcore; ignored" in captured.err
+    assert "plugin greeter tried to add command 'run', which belongs to tlcore; its command was not installed" in (
+        captured.err
+    )
 
 
 def test_pretrained_weights_hook(host, tiny_config):
@@ -147,7 +150,7 @@ def test_pretrained_weights_hook(host, tiny_config):
     class WeightsPlugin:
         @tlcore.hookimpl
         def tlcore_pretrained_weights(self, backbone):
-            if backbone != "test:tiny":
+            if backbone != "tlcore.testing:tiny":
                 return None
             return tlcore.PretrainedWeights(source="test weights v1", load=lambda: offered_state)
 

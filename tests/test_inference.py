@@ -61,9 +61,9 @@ def test_predict_accepts_every_image_form(run, host, tmp_path):
         assert result.probabilities == pytest.approx(reference.probabilities, abs=1e-3 if index == 5 else 1e-6)
         assert sum(result.probabilities) == pytest.approx(1.0)
     # the same numbers as the model on the validation transform by hand
-    transform = build_transform(predictor.preprocessing, 16, False, "none", False)
+    transform = build_transform(predictor.preprocessing, 16, train=False, augment="none", flip=False)
     with torch.no_grad():
-        expected = predictor.model(transform(to_rgb(Image.fromarray(pixels)))[None]).softmax(1)[0]
+        expected = predictor.calibrated(transform(to_rgb(Image.fromarray(pixels)))[None]).softmax(1)[0]
     assert reference.probabilities[0] == pytest.approx(float(expected.max()), abs=1e-6)
     # other modes and sizes, a batch tensor, one image alone, top_k above the class count
     gray = Image.fromarray(square("bottom_right", (9, 40))[:, :, 0], "L")

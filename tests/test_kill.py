@@ -57,9 +57,9 @@ EPOCHS = 16  # many one-step epochs: a large share of the run is spent writing f
 RUN_ARGS = [
     "run",
     "--backbone",
-    "test:tiny",
+    "tlcore.testing:tiny",
     "--dataset",
-    "test:shapes",
+    "tlcore.testing:shapes",
     "--weights",
     "none",
     "--batch-size",
@@ -68,7 +68,7 @@ RUN_ARGS = [
     str(EPOCHS),
     "--callbacks=-progress",
 ]
-RESULT_FILES = ("config.json", "metrics.jsonl", "best.safetensors", "last.safetensors", STATE_FILE)
+RESULT_FILES = ("config.json", "metrics.jsonl", "best.safetensors", "last.safetensors", STATE_FILE, "README.md")
 # what atomic_write_bytes leaves behind when killed between creating its temporary file and renaming it
 TEMP_NAME = re.compile(r"\.(" + "|".join(re.escape(name) for name in RESULT_FILES) + r")\.[^/]+\.tmp")
 WRITE_PROBE = ".tlcore-write-test"  # create_output_dir's check that the folder is writable
@@ -231,6 +231,9 @@ def check_run_folder(folder: Path, stats: Counter) -> int:
         assert text.endswith("\n"), "metrics.jsonl ends in half a line"
         metrics = [json.loads(line) for line in text.splitlines()]
         assert [m["epoch"] for m in metrics] == list(range(1, len(metrics) + 1))
+    if "README.md" in present:  # the model card, written whole after each epoch
+        card = present["README.md"].read_text()
+        assert card.startswith("---\n") and card.rstrip().endswith("carry over."), "README.md is not a whole card"
 
     saved_epoch, history = 0, []
     if STATE_FILE in present:
@@ -246,7 +249,7 @@ def check_run_folder(folder: Path, stats: Counter) -> int:
     for name in ("best.safetensors", "last.safetensors"):
         if name in present:
             tensors, info = read_checkpoint(present[name])
-            assert tensors and info.backbone == "test:tiny"
+            assert tensors and info.backbone == "tlcore.testing:tiny"
             # checkpoints are written after the metrics line and before the state of their epoch
             assert 1 <= info.epoch <= saved_epoch + 1
             if name == "last.safetensors":

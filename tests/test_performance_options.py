@@ -79,11 +79,11 @@ def test_out_of_memory_says_what_to_do_and_keeps_the_finished_epochs(host, tiny_
     config = tiny_config(epochs=3, batch_size=8)
     original = train.evaluate
 
-    def run_out_in_second_validation(model, batches, device, amp_dtype, stop=None):
+    def run_out_in_second_validation(model, batches, device, amp_dtype, stop=None, kept=None):
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         calls.append(1)
-        return original(model, batches, device, amp_dtype, stop)
+        return original(model, batches, device, amp_dtype, stop, kept=kept)
 
     calls = []
     monkeypatch.setattr(train, "evaluate", run_out_in_second_validation)
@@ -109,8 +109,8 @@ def test_out_of_memory_reaches_the_cli_as_one_line(tlcore_cli, monkeypatch):
 
     monkeypatch.setattr(train, "compute_features", no_memory)
     result = tlcore_cli(
-        "run", "--backbone", "test:tiny", "--dataset", "test:shapes", "--weights", "none", "--epochs", "1",
-        "--freeze", "backbone", "--cache-features", "--batch-size", "16",
+        "run", "--backbone", "tlcore.testing:tiny", "--dataset", "tlcore.testing:shapes", "--weights", "none",
+        "--epochs", "1", "--freeze", "backbone", "--cache-features", "--batch-size", "16",
     )  # fmt: skip
     assert result.code == 2
     assert "Traceback" not in result.err
@@ -140,7 +140,7 @@ def test_sync_bn_converts_batchnorm_and_keeps_parameters():
     module = tiny_module()
     before = {name: param for name, param in module.named_parameters()}
     keys = list(module.state_dict())
-    converted = sync_batchnorm(module, True, Distributed(0, 2, 0), torch.device("cuda"))
+    converted = sync_batchnorm(module, Distributed(0, 2, 0), torch.device("cuda"), enabled=True)
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == 3
     assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
     assert list(converted.state_dict()) == keys
@@ -149,6 +149,6 @@ def test_sync_bn_converts_batchnorm_and_keeps_parameters():
 
 def test_sync_bn_is_a_no_op_alone_and_refused_without_cuda():
     module = tiny_module()
-    assert sync_batchnorm(module, True, Distributed(), torch.device("cpu")) is module
+    assert sync_batchnorm(module, Distributed(), torch.device("cpu"), enabled=True) is module
     with pytest.raises(ConfigError, match="--sync-bn needs CUDA devices; this run uses cpu"):
-        sync_batchnorm(module, True, Distributed(0, 2, 0), torch.device("cpu"))
+        sync_batchnorm(module, Distributed(0, 2, 0), torch.device("cpu"), enabled=True)

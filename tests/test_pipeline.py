@@ -47,7 +47,7 @@ def pipelines(data: DatasetSplits, image_size: int, **options):
     for kind in ("memory", "loader"):
         config = build_config(overrides={"pipeline": kind, "batch_size": 4, "workers": 0, **options})
         train = EpochSampler(len(data.train), config.seed)
-        val = EpochSampler(len(data.val), config.seed, False)
+        val = EpochSampler(len(data.val), config.seed, shuffle=False)
         built[kind] = build_pipeline(config, data, PRE, image_size, torch.device("cpu"), train, val)
     return built["memory"], built["loader"]
 
@@ -119,11 +119,12 @@ def test_normalise_equals_torchvisions_steps():
     reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(PRE.mean), list(PRE.std))])
     expected = torch.stack([reference(image) for image in images])
     for channels_last in (False, True):
-        out = Normalise(PRE, torch.device("cpu"), channels_last)(images)
+        out = Normalise(PRE, torch.device("cpu"), channels_last=channels_last)(images)
         assert torch.equal(out, expected)
         assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     grey = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
-    assert torch.equal(Normalise(PRE, torch.device("cpu"), False)(to_three_channels(grey)), expected_for(grey, reference))
+    normalised = Normalise(PRE, torch.device("cpu"), channels_last=False)(to_three_channels(grey))
+    assert torch.equal(normalised, expected_for(grey, reference))
 
 
 def expected_for(grey: torch.Tensor, reference) -> torch.Tensor:
@@ -198,8 +199,8 @@ def test_memory_batches_cut_in_sampler_order_without_a_loader():
 
 
 def test_memory_transform_grey_images_become_rgb():
-    normalise = Normalise(PRE, torch.device("cpu"), False)
-    transform = MemoryTransform(PRE, 16, True, "standard", False, normalise)
+    normalise = Normalise(PRE, torch.device("cpu"), channels_last=False)
+    transform = MemoryTransform(PRE, 16, train=True, augment="standard", flip=False, normalise=normalise)
     out = transform(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8), seed=1)
     assert out.shape == (3, 3, 16, 16)
     raw = out * torch.tensor(PRE.std).view(1, 3, 1, 1) + torch.tensor(PRE.mean).view(1, 3, 1, 1)

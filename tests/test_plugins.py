@@ -106,7 +106,7 @@ def test_runtime_registration_takes_effect_at_once_and_can_be_undone(host):
 
 def test_registering_the_same_name_twice_is_an_error(host):
     with pytest.raises(PluginError, match="already registered"):
-        host.register(object(), "tiny")
+        host.register(object(), "tlcore.testing")
 
 
 def test_plugin_raising_in_a_hook_is_named_and_others_keep_working(host, capsys):
@@ -116,7 +116,7 @@ def test_plugin_raising_in_a_hook_is_named_and_others_keep_working(host, capsys)
             raise RuntimeError("disk on fire")
 
     host.register(Raises(), "raiser")
-    assert host.catalog("datasets").resolve("test:shapes").plugin == "tiny"
+    assert host.catalog("datasets").resolve("tlcore.testing:shapes").plugin == "tlcore.testing"
     assert "plugin raiser failed in tlcore_register_datasets: RuntimeError: disk on fire" in capsys.readouterr().err
     assert "disk on fire" in host.records["raiser"].error
 

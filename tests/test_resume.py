@@ -110,6 +110,6 @@ def test_a_state_saved_without_fp16_resumes_under_fp16(host, tiny_config, tmp_pa
         fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], epochs=2), host)
     host.unregister("signal")
     host.register(signal_plugin(-1, -1), "signal")
-    monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled: torch.float16)
+    monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled, backbone=None: torch.float16)
     resumed = resume(tmp_path / "cut", host)
     assert [m["epoch"] for m in resumed.history] == [1, 2]

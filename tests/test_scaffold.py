@@ -123,11 +123,31 @@ def test_bad_names_are_refused_in_one_line(new_plugin, tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_loaded_plugins_name_is_refused(new_plugin, tmp_path):
-    code, _, err = new_plugin("tiny")  # the test host's tiny plugin
+def test_a_loaded_plugins_name_is_refused(new_plugin, host, tmp_path):
+    host.register(object(), "tiny")
+    code, _, err = new_plugin("tiny")
     assert code == 2
     assert err == "tlcore: error: a plugin named 'tiny' is already loaded (from runtime); choose another name\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_skeleton_named_like_the_test_plugin_passes_its_own_tests(new_plugin, tmp_path):
+    """The fixtures' own test plugin takes reserved names, so no plugin's name (here `tiny`) collides with them."""
+    code, _, err = new_plugin("tiny")
+    assert code == 0, err
+    folder = tmp_path / "tlcore-tiny"
+    env = {k: v for k, v in os.environ.items() if k not in (plugins.ENV_DISABLE, plugins.ENV_SELECT)}
+    env.update(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 passed, 1 skipped" in done.stdout  # skipped: the entry-point test, as it is not installed
 
 
 def test_an_existing_folder_is_never_overwritten(new_plugin, tmp_path):

@@ -18,10 +18,10 @@ def test_run_writes_config_metrics_and_checkpoints(host, tiny_config):
     result = fit(tiny_config(epochs=3), host)
     folder = result.output_dir
     config = json.loads((folder / "config.json").read_text())
-    assert config["config"]["backbone"] == "test:tiny" and config["config"]["epochs"] == 3
+    assert config["config"]["backbone"] == "tlcore.testing:tiny" and config["config"]["epochs"] == 3
     assert config["resolved"]["weights"] == "none"
     assert config["resolved"]["classes"] == ["top_left", "bottom_right"]
-    assert config["plugins"]["tiny"] is None and "tlcore.heads" in config["plugins"]
+    assert config["plugins"]["tlcore.testing"] is None and "tlcore.heads" in config["plugins"]
     assert set(config["versions"]) >= {"tlcore", "torch", "torchvision"}
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
@@ -29,7 +29,7 @@ def test_run_writes_config_metrics_and_checkpoints(host, tiny_config):
     assert result.best["val_acc"] == max(m["val_acc"] for m in lines)
     for name in ("best.safetensors", "last.safetensors"):
         tensors, info = read_checkpoint(folder / name)
-        assert info.backbone == "test:tiny" and info.classes == ["top_left", "bottom_right"]
+        assert info.backbone == "tlcore.testing:tiny" and info.classes == ["top_left", "bottom_right"]
         assert info.head == "linear" and info.preprocessing["mean"] == [0.5, 0.5, 0.5]
         assert any(k.startswith("backbone.") for k in tensors) and any(k.startswith("head.") for k in tensors)
     assert read_checkpoint(folder / "last.safetensors")[1].epoch == 3
@@ -115,5 +115,5 @@ def test_checkpoint_metadata_alone_describes_the_model(host, tiny_config):
     result = fit(tiny_config(epochs=1), host)
     with safe_open(str(result.output_dir / "best.safetensors"), "pt") as handle:
         meta = json.loads(handle.metadata()["tlcore"])
-    assert meta["format"] == "tlcore-checkpoint" and meta["backbone"] == "test:tiny"
+    assert meta["format"] == "tlcore-checkpoint" and meta["backbone"] == "tlcore.testing:tiny"
     assert meta["image_size"] == 16 and meta["classes"] == ["top_left", "bottom_right"]

@@ -129,7 +129,7 @@ def test_cifar_refusal_reaches_the_user_as_one_line_and_creates_no_run_folder(da
     marker = tmp_path / "marker"
     (root / "cifar-10-batches-py" / "data_batch_5").write_bytes(pickle.dumps({b"data": RunsCommand(marker)}, protocol=2))
     out = tmp_path / "run"
-    args = ["run", "--backbone", "test:tiny", "--weights", "none", "--dataset", "cifar10", "--data-dir", root]
+    args = ["run", "--backbone", "tlcore.testing:tiny", "--weights", "none", "--dataset", "cifar10", "--data-dir", root]
     code, err = run_cli([*args, "--no-download", "--output", out], capsys)
     assert_one_line_error(code, err, "refusing to load")
     assert "data_batch_5" in err and any(f"{module}.system" in err for module in ("posix", "os", "nt")), err
@@ -170,7 +170,8 @@ def test_malicious_weights_through_the_api_and_the_command_line(host, tmp_path, 
     with pytest.raises(WeightsError, match="loads safely"):
         tlcore.load_checkpoint(path, host=host)
     out = tmp_path / "run"
-    args = ["run", "--backbone", "test:tiny", "--dataset", "test:shapes", "--weights", path, "--output", out]
+    args = ["run", "--backbone", "tlcore.testing:tiny", "--dataset", "tlcore.testing:shapes"]
+    args += ["--weights", path, "--output", out]
     code, err = run_cli(args, capsys)
     assert_one_line_error(code, err, "is not a weights file that loads safely (weights_only=True)")
     assert not marker.exists() and not out.exists()
@@ -207,7 +208,7 @@ def real_checkpoint_bytes() -> bytes:
     """The bytes of a checkpoint as a run writes it."""
     from tlcore.checkpoint import CheckpointInfo
 
-    info = CheckpointInfo("test:tiny", ["a", "b"], "linear", {}, {}, 16, 1, {}, "none")
+    info = CheckpointInfo("tlcore.testing:tiny", ["a", "b"], "linear", {}, {}, 16, 1, {}, "none")
     return save({k: v.contiguous() for k, v in tiny_module().state_dict().items()}, metadata=info.to_metadata())
 
 
@@ -253,7 +254,7 @@ def test_checkpoint_without_or_with_incomplete_tlcore_metadata(tmp_path):
     plain.write_bytes(save({"w": torch.zeros(2)}))
     with pytest.raises(WeightsError, match="not a tlcore checkpoint"):
         read_checkpoint(plain)
-    record = json.dumps({"format": "tlcore-checkpoint", "format_version": 1, "backbone": "test:tiny"})
+    record = json.dumps({"format": "tlcore-checkpoint", "format_version": 1, "backbone": "tlcore.testing:tiny"})
     with pytest.raises(WeightsError, match="damaged tlcore checkpoint: metadata lacks classes"):
         read_checkpoint(checkpoint_with_metadata(tmp_path / "partial.safetensors", record))
     newer = json.dumps({"format": "tlcore-checkpoint", "format_version": 99})
@@ -281,7 +282,8 @@ def test_train_state_with_malformed_record_is_a_clean_error(tmp_path, value):
 def test_train_state_lacking_fields_is_a_clean_error_on_resume(host, tmp_path, capsys):
     from tlcore.config import build_config
 
-    config = build_config(overrides={"backbone": "test:tiny", "dataset": "test:shapes", "weights": "none"}).to_dict()
+    overrides = {"backbone": "tlcore.testing:tiny", "dataset": "tlcore.testing:shapes", "weights": "none"}
+    config = build_config(overrides=overrides).to_dict()
     record = {"format": "tlcore-train-state", "format_version": 1, "config": config}  # no epoch, history, rng ...
     (tmp_path / STATE_FILE).write_bytes(save({"w": torch.zeros(1)}, metadata={"tlcore_train_state": json.dumps(record)}))
     try:

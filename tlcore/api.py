@@ -29,4 +29,4 @@ def fit(*, config_file: str | Path | None = None, host: PluginHost | None = None
     from tlcore.train import fit as train_fit  # the training stack loads only when a run starts
 
     file_values = load_config_file(Path(config_file)) if config_file is not None else {}
-    return train_fit(build_config(file_values, options), host)
+    return train_fit(build_config(file_values, options, host), host)  # host: its plugins' options too

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from tlcore.errors import PluginError
@@ -28,6 +29,13 @@ class Preprocessing:
     crop_pct: float = 0.875  # evaluation: resize to input_size / crop_pct, then centre-crop
     min_size: int = 32  # the smallest square input the architecture accepts
     fixed_size: bool = False  # True when it accepts input_size only (a ViT built for one size)
+
+    def resize_for(self, size: int) -> int:
+        """The evaluation resize (pixels, shorter side) before a centre crop of ``size``: ``size / crop_pct``.
+
+        Every evaluation path (per-image, in-memory, GPU-decoded) and the export sidecar use this one formula.
+        """
+        return max(size, int(round(size / self.crop_pct)))
 
     def to_dict(self) -> dict:
         """Return a JSON-ready dict (tuples become lists)."""
@@ -105,8 +113,56 @@ class Backbone:
                 return group.name
         raise PluginError(f"backbone {self.name}: parameter {qualified_name!r} is in no layer group")
 
-    def validate(self) -> None:
-        """Check the contract; a provider that breaks it is named in the error."""
+    def validate(self, *, plugin: str | None = None, forward: bool = True) -> None:
+        """Check the contract; a provider that breaks it is named in the error.
+
+        ``plugin``: the plugin that built the backbone, named in the error when given.
+        ``forward``: also run :meth:`check_features` (one forward pass of a tiny input).
+        Raises PluginError.
+        """
+        try:
+            self._check_fields()
+            if forward:
+                self.check_features()
+        except PluginError as error:
+            if plugin is None:
+                raise
+            raise PluginError(f"plugin {plugin}: {error}") from error
+
+    def check_features(self) -> None:
+        """One forward pass of a batch of 2 zero images at the smallest accepted size must give ``(2, feature_dim)``.
+
+        Runs under ``torch.no_grad`` in eval mode, on the module's own device and
+        dtype; every submodule's train/eval mode is put back afterwards, so the
+        check changes nothing (BatchNorm statistics included). Raises PluginError.
+        """
+        pre = self.preprocessing
+        size = pre.input_size if pre.fixed_size else pre.min_size
+        first = next(self.module.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+        modes = [(module, module.training) for module in self.module.modules()]
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                features = self.module(torch.zeros(2, 3, size, size, device=device, dtype=dtype))
+        except Exception as error:  # the provider's module, not the caller, is at fault
+            raise PluginError(
+                f"backbone {self.name}: its module fails on a (2, 3, {size}, {size}) input, the smallest size its "
+                f"preprocessing accepts: {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            for module, training in modes:
+                module.training = training
+        shape = tuple(getattr(features, "shape", ()))
+        if not isinstance(features, torch.Tensor) or shape != (2, self.feature_dim):
+            got = f"shape {shape}" if isinstance(features, torch.Tensor) else f"a {type(features).__name__}"
+            raise PluginError(
+                f"backbone {self.name}: feature_dim is {self.feature_dim}, but its module returns {got} for a "
+                f"(2, 3, {size}, {size}) input; it must return pooled features (N, feature_dim)"
+            )
+
+    def _check_fields(self) -> None:
         if not isinstance(self.module, nn.Module):
             raise PluginError(f"backbone {self.name}: module is {type(self.module).__name__}, not a torch.nn.Module")
         if not isinstance(self.feature_dim, int) or self.feature_dim <= 0:

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tlcore.errors import ConfigError, DataError
+from tlcore.messages import shorten
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
@@ -27,7 +28,7 @@ def class_weights(spec: str, labels: torch.Tensor, classes: list[str]) -> torch.
         counts = class_counts(labels, len(classes)).double()
         missing = [classes[i] for i in range(len(classes)) if counts[i] == 0]
         if missing:
-            raise DataError(f"class_weights auto: no training images of class(es) {', '.join(missing[:5])}")
+            raise DataError(f"class_weights auto: no training images of class(es) {shorten(missing, 5)}")
         return (len(labels) / (len(classes) * counts)).float()
     try:
         values = [float(part) for part in spec.split(",")]
@@ -35,8 +36,8 @@ def class_weights(spec: str, labels: torch.Tensor, classes: list[str]) -> torch.
         raise ConfigError(f"class_weights must be auto or {len(classes)} comma-separated numbers, got {spec!r}") from None
     if len(values) != len(classes) or any(v < 0 for v in values):
         raise ConfigError(
-            f"class_weights needs {len(classes)} non-negative numbers (one per class: {', '.join(classes[:5])}"
-            f"{', …' if len(classes) > 5 else ''}), got {len(values)}"
+            f"class_weights needs {len(classes)} non-negative numbers (one per class: {shorten(classes, 5)}), "
+            f"got {len(values)}"
         )
     return torch.tensor(values, dtype=torch.float32)
 

@@ -10,10 +10,12 @@ every image of a batch to its own box with two batched matrix products.
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios RandomResizedCrop draws from, as torchvision's default
@@ -150,3 +152,115 @@ def resize_center_crop(images: torch.Tensor, size: int, resize: int, interpolati
     """
     images = TF.resize(images, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
     return TF.center_crop(images, [size, size])
+
+
+# --- policy augmentation (--augment randaugment | trivialaugment | augmix) ---------------------------------------
+
+POLICIES = ("randaugment", "trivialaugment", "augmix")  # the --augment choices that add a policy to the crop and flip
+
+
+def make_policy(augment: str) -> v2.Transform | None:
+    """torchvision's v2 policy for an ``--augment`` value, with torchvision's defaults; None for standard and none.
+
+    RandAugment (Cubuk et al. 2020: 2 ops at magnitude 9 of 31), TrivialAugmentWide (Müller & Hutter 2021: one op
+    at a random magnitude) and AugMix (Hendrycks et al. 2020: severity 3, three chains of 1-3 ops mixed with
+    Dirichlet weights). None of their operations mirrors an image, so a dataset's flip flag still holds.
+    """
+    if augment not in ("standard", "none", *POLICIES):
+        raise ValueError(f"unknown augmentation {augment!r}; accepted: standard, none, {', '.join(POLICIES)}")
+    if augment == "randaugment":
+        return v2.RandAugment()
+    if augment == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if augment == "augmix":
+        return v2.AugMix()
+    return None
+
+
+@dataclass(frozen=True)
+class PolicyDraw:
+    """What a policy decided for one image: its chains of ``(operation, magnitude)`` and, for AugMix, its weights.
+
+    ``weights`` is None for RandAugment and TrivialAugment (one chain, its
+    output is the image); for AugMix it is the Dirichlet draws ``(m, w)``:
+    ``m`` (2,) weighs the original against the mixture, ``w`` (chains,) the chains.
+    """
+
+    chains: tuple[tuple[tuple[str, float], ...], ...]
+    weights: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def draw_policy(policy: v2.Transform, height: int, width: int, seed: int) -> PolicyDraw:
+    """The operations ``policy`` applies to one ``height`` x ``width`` image when torch's CPU generator holds ``seed``.
+
+    torchvision's own ``forward`` makes the draws, on a stand-in image whose
+    operations are recorded instead of run: the same decisions, in the same
+    order, as ``torch.manual_seed(seed); policy(image)`` would make, so the
+    batched path below and the per-image loader path apply one distribution.
+    The caller's random state is left as it was.
+    """
+    ops: list[list[tuple[str, float]]] = []
+    weights: list[torch.Tensor] = []
+    returned: list[torch.Tensor] = []  # what each recorded op returned: an op applied to one of them continues a chain
+
+    def record(image, transform_id, magnitude, interpolation, fill):
+        if not any(image is out for out in returned):
+            ops.append([])  # applied to the original image: a new chain
+        ops[-1].append((transform_id, float(magnitude)))
+        returned.append(image.view_as(image))
+        return returned[-1]
+
+    def record_dirichlet(params: torch.Tensor) -> torch.Tensor:
+        weights.append(torch._sample_dirichlet(params))
+        return weights[-1]
+
+    recorder = copy.copy(policy)
+    recorder._apply_image_or_video_transform = record  # instance attributes shadow the methods
+    recorder._sample_dirichlet = record_dirichlet
+    stand_in = torch.zeros(1, 1, 1, dtype=torch.uint8).expand(1, height, width)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # the CPU generator alone: torch.manual_seed also queues GPU seeding
+        recorder(stand_in)
+    chains = tuple(tuple(chain) for chain in ops)
+    return PolicyDraw(chains, (weights[0][0], weights[1][0]) if weights else None)
+
+
+def _run_chains(policy: v2.Transform, images: torch.Tensor, chains: list[tuple[tuple[str, float], ...]]) -> torch.Tensor:
+    """Apply each image's chain of operations, images that share an operation and magnitude as one sub-batch."""
+    out = images
+    for step in range(max((len(chain) for chain in chains), default=0)):
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, chain in enumerate(chains):
+            if step < len(chain) and chain[step][0] != "Identity":
+                groups.setdefault(chain[step], []).append(i)
+        for (transform_id, magnitude), members in groups.items():
+            index = to_device_async(torch.tensor(members), images.device)
+            done = policy._apply_image_or_video_transform(
+                out.index_select(0, index), transform_id, magnitude, interpolation=policy.interpolation, fill=policy._fill
+            )
+            out = out.index_copy(0, index, done)  # out of place: the caller's batch is never written
+    return out
+
+
+def apply_policy(policy: v2.Transform, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """``policy`` applied to each image of a uint8 batch ``(N, C, H, W)`` on its device, image ``i`` seeded by ``seeds[i]``.
+
+    Each image gets what torchvision's per-image policy gives it under
+    ``torch.manual_seed(seeds[i])`` (:func:`draw_policy`), whatever batch it
+    is in and wherever it sits there; the work is batched by operation, so a
+    batch costs a few dozen kernel calls, not a few per image. Returns uint8 of
+    the same shape. ValueError unless there is one seed per image.
+    """
+    if len(seeds) != len(images):
+        raise ValueError(f"apply_policy needs one seed per image: {len(seeds)} seeds for {len(images)} images")
+    draws = [draw_policy(policy, images.shape[-2], images.shape[-1], seed) for seed in seeds]
+    if draws and draws[0].weights is not None:  # AugMix: the original and the chains, mixed as torchvision mixes them
+        m = torch.stack([draw.weights[0] for draw in draws])  # type: ignore[index]
+        combined = torch.stack([draw.weights[1] for draw in draws]) * m[:, 1:2]
+        m, combined = to_device_async(m, images.device), to_device_async(combined, images.device)
+        mix = m[:, 0].view(-1, 1, 1, 1) * images
+        for chain in range(combined.shape[1]):
+            augmented = _run_chains(policy, images, [draw.chains[chain] for draw in draws])
+            mix.add_(combined[:, chain].view(-1, 1, 1, 1) * augmented)
+        return mix.to(images.dtype)  # truncated, as torchvision's AugMix converts back
+    return _run_chains(policy, images, [draw.chains[0] if draw.chains else () for draw in draws])

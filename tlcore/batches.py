@@ -19,7 +19,6 @@ stopped.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,13 +26,15 @@ from torch.utils.data import DataLoader
 
 from tlcore.backbone import Preprocessing
 from tlcore.batch_augment import (
+    apply_policy,
+    make_policy,
     random_crop_boxes,
     random_resized_crop,
     resize_center_crop,
     to_device_async,
     to_three_channels,
 )
-from tlcore.data import TRAIN_CROP_SCALE, EpochSampler, sample_seed
+from tlcore.data import TRAIN_CROP_SCALE, EpochSampler, batch_bounds, batch_count, sample_seed
 
 DEVICE_MEMORY_SHARE = 0.5  # in-memory data is placed on a GPU when it takes at most this share of its free memory
 
@@ -47,7 +48,7 @@ class Normalise:
     and ``Normalize``, so both pipelines give the model identical numbers.
     """
 
-    def __init__(self, pre: Preprocessing, device: torch.device, channels_last: bool):
+    def __init__(self, pre: Preprocessing, device: torch.device, *, channels_last: bool):
         self.device = device
         self.channels_last = channels_last
         self.mean = torch.as_tensor(pre.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -67,7 +68,8 @@ class LoaderBatches:
 
     def __init__(self, loader: DataLoader, normalise: Normalise, device: torch.device):
         self.loader, self.normalise, self.device = loader, normalise, device
-        self.sampler = loader.sampler if isinstance(loader.sampler, EpochSampler) else None  # None: dataset order
+        sampler = getattr(loader.batch_sampler, "sampler", None)
+        self.sampler = sampler if isinstance(sampler, EpochSampler) else None  # None: dataset order
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -83,19 +85,36 @@ class LoaderBatches:
 class MemoryTransform:
     """The per-batch transform of in-memory images: training augmentation or validation geometry, then normalising."""
 
-    def __init__(self, pre: Preprocessing, image_size: int, train: bool, augment: str, flip: bool, normalise: Normalise):
+    def __init__(
+        self, pre: Preprocessing, image_size: int, *, train: bool, augment: str, flip: bool, normalise: Normalise
+    ):
         self.pre, self.image_size, self.flip, self.normalise = pre, image_size, flip, normalise
-        self.augmented = train and augment == "standard"
-        self.resize = max(image_size, int(round(image_size / pre.crop_pct)))  # as the per-image validation transform
+        self.augmented = train and augment != "none"
+        self.policy = make_policy(augment) if train else None  # --augment randaugment, trivialaugment, augmix
+        self.resize = pre.resize_for(image_size)  # as the per-image validation transform
 
-    def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
-        """uint8 ``(N, C, H, W)`` on the device to normalised model input; ``seed`` fixes this batch's crops."""
+    @property
+    def seeds_per_image(self) -> bool:
+        """Whether calls must pass ``image_seeds``: a policy draws its operations per image."""
+        return self.policy is not None
+
+    def __call__(self, images: torch.Tensor, seed: int, image_seeds: list[int] | None = None) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)`` on the device to normalised model input; ``seed`` fixes this batch's crops.
+
+        ``image_seeds`` (one per image, :func:`tlcore.data.sample_seed` of its dataset index) seed a policy's
+        operations, so an image gets the same ones whatever batch it falls in; required when
+        :attr:`seeds_per_image`.
+        """
         if self.augmented:
             generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same crops on every device
             boxes, flips = random_crop_boxes(len(images), images.shape[2], images.shape[3], TRAIN_CROP_SCALE, generator)
             images = random_resized_crop(
                 images, self.image_size, boxes, flips if self.flip else None, self.pre.interpolation
             )
+            if self.policy is not None:  # torchvision's policies take uint8, as the loader path gives them
+                if image_seeds is None:
+                    raise ValueError("a policy augmentation needs image_seeds, one per image")
+                images = apply_policy(self.policy, images.round().clamp_(0, 255).to(torch.uint8), image_seeds)
         else:
             images = resize_center_crop(images, self.image_size, self.resize, self.pre.interpolation)
         return self.normalise(to_three_channels(images))  # grey expands after resizing: one channel's work
@@ -148,7 +167,7 @@ class MemoryBatches:
 
     def __len__(self) -> int:
         count = len(self.sampler) if self.sampler is not None else len(self.labels)
-        return math.ceil(count / self.batch_size)
+        return batch_count(count, self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.sampler is None:
@@ -158,12 +177,15 @@ class MemoryBatches:
             order = torch.as_tensor(self.sampler.order()[start:], dtype=torch.int64)
         order_on_data = order.to(self.data.device)
         order_on_device = order.to(self.device)
-        for position in range(0, len(order), self.batch_size):
-            picked = order_on_data[position : position + self.batch_size]
+        for position, stop in batch_bounds(len(order), self.batch_size):  # a last batch of one joins the one before
+            picked = order_on_data[position:stop]
             batch = self.data.index_select(0, picked)
             if self.held_on.type == "cpu" and self.device.type != "cpu":  # in host memory: crosses pinned, no stall
                 batch = to_device_async(batch, self.device)
-            labels = self.labels.index_select(0, order_on_device[position : position + self.batch_size])
-            if self.transform is not None:
+            labels = self.labels.index_select(0, order_on_device[position:stop])
+            if getattr(self.transform, "seeds_per_image", False):  # a policy: each image seeded by its own index
+                seeds = [sample_seed(self.seed, epoch, index) for index in order[position:stop].tolist()]
+                batch = self.transform(batch, sample_seed(self.seed, epoch, start + position), seeds)
+            elif self.transform is not None:
                 batch = self.transform(batch, sample_seed(self.seed, epoch, start + position))
             yield batch, labels, []

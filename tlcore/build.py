@@ -7,9 +7,12 @@ traceback.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tlcore.backbone import Backbone, BackboneOptions, Preprocessing
@@ -19,6 +22,8 @@ from tlcore.dataset import DatasetOptions, DatasetSplits
 from tlcore.errors import ConfigError, DataError, PluginError, TlcoreError
 from tlcore.freeze import FreezeOptions, FreezePolicy
 from tlcore.heads import HeadOptions
+from tlcore.messages import shorten
+from tlcore.plugin_options import declared_options
 from tlcore.plugins import PluginHost
 from tlcore.registry import LABELS, Entry
 from tlcore.weights import (
@@ -27,6 +32,7 @@ from tlcore.weights import (
     backbone_tensors,
     load_into_backbone,
     read_weights_file,
+    strip_prefix,
 )
 
 
@@ -42,14 +48,46 @@ def call_factory(entry: Entry, kind: str, *args: Any) -> Any:
         ) from error
 
 
+def make_backbone(name: str, host: PluginHost, options: BackboneOptions) -> Backbone:
+    """The backbone ``name`` as its plugin's factory builds it: no weights loaded, not validated.
+
+    The one place a backbone is made from a name (training, inference, ``tlcore info``).
+    UnknownNameError for a name nothing registered; PluginError when the factory fails or returns no Backbone.
+    """
+    entry = host.catalog("backbones").resolve(name)
+    backbone = call_factory(entry, "backbones", name, options)
+    if not isinstance(backbone, Backbone):
+        raise PluginError(f"plugin {entry.plugin}: backbone {name!r} returned {type(backbone).__name__}")
+    return backbone
+
+
+def make_head(name: str, host: PluginHost, in_features: int, num_classes: int, options: HeadOptions) -> nn.Module:
+    """The head ``name`` for ``in_features`` inputs and ``num_classes`` outputs; PluginError if it is no Module."""
+    entry = host.catalog("heads").resolve(name)
+    head = call_factory(entry, "heads", in_features, num_classes, options)
+    if not isinstance(head, nn.Module):
+        raise PluginError(f"plugin {entry.plugin}: head {name!r} returned {type(head).__name__}, not a Module")
+    return head
+
+
 def build_dataset(config: RunConfig, host: PluginHost) -> DatasetSplits:
-    """The dataset's splits, checked to be usable."""
+    """The dataset's splits, checked to be usable; with ``folds`` and ``fold``, that fold of its training split.
+
+    Cross-validation folds (:func:`tlcore.cv.fold_splits`) wrap whatever the
+    dataset plugin returned: fold ``fold`` of the training images validates, the rest train.
+    """
+    if config.folds is not None or config.fold is not None:
+        from tlcore.cv import check_fold_options
+
+        check_fold_options(config)  # before the data is read
     entry = host.catalog("datasets").resolve(config.dataset)
     options = DatasetOptions(
         data_dir=Path(config.data_dir).expanduser() if config.data_dir else None,
         seed=config.seed,
         val_fraction=config.val_fraction,
         download=config.download,
+        # every declared plugin option, checked again: a RunConfig made in Python skips build_config
+        extra=declared_options(host).resolve({}, config.plugin_options),
     )
     data = call_factory(entry, "datasets", config.dataset, options)
     if not isinstance(data, DatasetSplits):
@@ -59,16 +97,16 @@ def build_dataset(config: RunConfig, host: PluginHost) -> DatasetSplits:
         raise DataError(f"dataset {config.dataset!r} has {len(data.classes)} class(es); at least 2 are needed")
     if len(data.train) == 0 or len(data.val) == 0:
         raise DataError(f"dataset {config.dataset!r} has {len(data.train)} training and {len(data.val)} validation images")
+    if config.folds is not None:
+        from tlcore.cv import fold_splits
+
+        data = fold_splits(data, config.folds, config.fold, config.seed)
     return data
 
 
 def offered_pretrained_weights(backbone_name: str, host: PluginHost) -> PretrainedWeights | None:
-    """The first local pretrained weights a plugin offers for a backbone (newest registration first)."""
-    for impl in reversed(host.hook_impls("tlcore_pretrained_weights")):
-        offered = host.call_impl(impl, backbone=backbone_name)
-        if offered is not None:
-            return offered
-    return None
+    """The first local pretrained weights a plugin offers for a backbone (newest registration first, built-ins last)."""
+    return host.first_result("tlcore_pretrained_weights", backbone=backbone_name)
 
 
 def read_weights_option(config: RunConfig) -> WeightsFile | None:
@@ -89,13 +127,20 @@ def build_backbone(
     ``image_size`` is the training size when already known (None: the backbone's own);
     ``weights_file`` is the file of ``--weights PATH`` when the caller read it already.
     """
-    entry = host.catalog("backbones").resolve(config.backbone)
+    catalog = host.catalog("backbones")
+    entry = catalog.resolve(config.backbone)
     offered = offered_pretrained_weights(config.backbone, host) if config.weights == "pretrained" else None
     provider_pretrained = config.weights == "pretrained" and offered is None
+    if provider_pretrained and catalog.declares_pretrained(config.backbone) is False:
+        # registered with pretrained=False and no plugin offers weights: random init, said once, not an error
+        print(
+            f"tlcore: notice: backbone {config.backbone} has no pretrained weights (plugin {entry.plugin} offers "
+            "none), so it starts from random initialisation, as with --weights none",
+            file=sys.stderr,
+        )
+        provider_pretrained = False
     options = BackboneOptions(pretrained=provider_pretrained, image_size=image_size)
-    backbone = call_factory(entry, "backbones", config.backbone, options)
-    if not isinstance(backbone, Backbone):
-        raise PluginError(f"plugin {entry.plugin}: backbone {config.backbone!r} returned {type(backbone).__name__}")
+    backbone = make_backbone(config.backbone, host, options)
     if offered is not None:
         load_into_backbone(backbone, offered.verified_state_dict(), offered.source)
         backbone.weights = offered.source
@@ -107,7 +152,7 @@ def build_backbone(
         backbone.weights = str(weights_file.path)
         if weights_file.tlcore_meta and "preprocessing" in weights_file.tlcore_meta:
             backbone.preprocessing = Preprocessing.from_dict(weights_file.tlcore_meta["preprocessing"])
-    backbone.validate()
+    backbone.validate(plugin=entry.plugin)
     return backbone
 
 
@@ -128,30 +173,112 @@ def resolve_image_size(config: RunConfig, backbone: Backbone, data: DatasetSplit
 
 def build_head(config: RunConfig, host: PluginHost, in_features: int, num_classes: int) -> nn.Module:
     """The head named in the config, for the backbone's feature width."""
-    entry = host.catalog("heads").resolve(config.head)
     options = HeadOptions(hidden=config.head_hidden, dropout=config.head_dropout)
-    head = call_factory(entry, "heads", in_features, num_classes, options)
-    if not isinstance(head, nn.Module):
-        raise PluginError(f"plugin {entry.plugin}: head {config.head!r} returned {type(head).__name__}, not a Module")
-    return head
+    return make_head(config.head, host, in_features, num_classes, options)
 
 
-def reuse_checkpoint_head(config: RunConfig, head: nn.Module, classes: list[str], weights_file: WeightsFile | None) -> bool:
-    """Start the head from an earlier run's when it was trained for the same classes with the same head.
+@dataclass
+class HeadReuse:
+    """What became of an earlier run's head (``--weights EARLIER_RUN``): which class rows were kept.
 
-    Otherwise (other classes, another head) the new head starts fresh. Returns whether it was reused.
+    Classes are matched by name: ``kept`` start from the earlier head's rows,
+    ``new`` are initialised as a fresh head would be, ``removed`` were in the
+    earlier run but not in this data (a renamed class is one removed and one
+    new). ``reason`` says why the earlier head was not used at all.
+    """
+
+    source: str = ""  # the checkpoint the head came from; "" when --weights named no tlcore checkpoint
+    kept: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def reused(self) -> bool:
+        """Whether any of the earlier head was kept."""
+        return bool(self.kept)
+
+    def to_dict(self) -> dict | None:
+        """JSON-ready form for config.json (``resolved.head_classes``); None when no earlier run's checkpoint was given."""
+        if not self.source:
+            return None
+        return {"source": self.source, "kept": self.kept, "new": self.new, "removed": self.removed, "reason": self.reason}
+
+    def notes(self) -> list[str]:
+        """The run's opening lines about the head; none when no earlier run's checkpoint was given."""
+        if not self.source:
+            return []
+        if not self.reused:
+            return [f"head: a fresh head, not the one of {self.source}: {self.reason}"]
+        line = f"head: kept the rows of {len(self.kept)} classes of {self.source} (matched by name)"
+        if self.new:
+            line += f"; {len(self.new)} new, initialised: {shorten(self.new, 8)}"
+        if self.removed:
+            line += f"; {len(self.removed)} no longer in the data (removed or renamed): {shorten(self.removed, 8)}"
+        return [line]
+
+
+def class_row_keys(head: nn.Module, num_classes: int) -> set[str]:
+    """State-dict keys of the head's class rows: weight and bias of its last linear layer with ``num_classes`` outputs.
+
+    Empty when the head has no such layer (a plugin's head): then only an identical class list reuses it.
+    """
+    last = None
+    for name, module in head.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            last = name
+    if last is None:
+        return set()
+    prefix = f"{last}." if last else ""
+    return {f"{prefix}weight", *([f"{prefix}bias"] if head.get_submodule(last).bias is not None else [])}
+
+
+def reuse_checkpoint_head(
+    config: RunConfig, head: nn.Module, classes: list[str], weights_file: WeightsFile | None
+) -> HeadReuse:
+    """Start the head from an earlier run's, class by class, when it is the same head with the same options.
+
+    The rows of the last linear layer (weight and bias) of each class the
+    earlier run knew are copied bit for bit, matched by name, wherever the
+    class sits now; the layers before it (the mlp head's hidden layer) are
+    copied whole. Classes the earlier run did not have keep the fresh head's
+    initialisation. Another head, other options, other tensor shapes or no
+    class in common: the whole head starts fresh, and ``reason`` says why.
     """
     meta = weights_file.tlcore_meta if weights_file else None
-    if not meta or meta.get("classes") != classes or meta.get("head") != config.head:
-        return False
-    if meta.get("head_options") != {"hidden": config.head_hidden, "dropout": config.head_dropout}:
-        return False
-    tensors = {k[len("head.") :]: v for k, v in weights_file.tensors.items() if k.startswith("head.")}
+    if not meta:
+        return HeadReuse(new=list(classes))
+    source = str(weights_file.path)
+    old = meta.get("classes")
+    options = {"hidden": config.head_hidden, "dropout": config.head_dropout}
+    fresh = HeadReuse(source=source, new=list(classes), removed=[c for c in old or [] if c not in classes])
+    if meta.get("head") != config.head or meta.get("head_options") != options:
+        fresh.reason = f"it was a {meta.get('head')!r} head with options {meta.get('head_options')}, this run's is " \
+            f"{config.head!r} with {options}"
+        return fresh
+    kept = [name for name in classes if name in old]
+    if not kept:
+        fresh.reason = f"none of its {len(old)} classes ({shorten(old, 5)}) is in this data"
+        return fresh
+    tensors = strip_prefix(weights_file.tensors, "head.")
     own = head.state_dict()
-    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
-        return False
-    head.load_state_dict(tensors)
-    return True
+    rows = class_row_keys(head, len(classes)) if old != classes else set()
+    fits = set(tensors) == set(own) and all(
+        tensors[k].shape == (len(old), *own[k].shape[1:]) if k in rows else tensors[k].shape == own[k].shape for k in own
+    )
+    if not fits or (old != classes and not rows):
+        fresh.reason = "its head's tensors do not fit this head"
+        return fresh
+    state = {}
+    new_positions = torch.tensor([classes.index(name) for name in kept])
+    old_positions = torch.tensor([old.index(name) for name in kept])
+    for key, value in own.items():
+        if key in rows:  # the fresh rows of new classes stay; the known ones are copied as they were
+            state[key] = value.clone().index_copy_(0, new_positions, tensors[key].to(value.dtype)[old_positions])
+        else:
+            state[key] = tensors[key]
+    head.load_state_dict(state)
+    return HeadReuse(source, kept, [c for c in classes if c not in old], fresh.removed)
 
 
 def build_policy(config: RunConfig, host: PluginHost) -> FreezePolicy:

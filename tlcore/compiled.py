@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tlcore.messages import first_line
+
 
 def compile_model(module: nn.Module) -> nn.Module:
     """The module compiled by torch.compile (compilation itself happens at the first call).
@@ -29,5 +31,4 @@ def is_compile_failure(error: BaseException) -> bool:
 
 def compile_failure_summary(error: BaseException) -> str:
     """The first line of a compile error, without torch's long advice that follows it."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]
+    return first_line(error)[:300]

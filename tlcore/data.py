@@ -10,58 +10,55 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import InterpolationMode, v2
 
+from tlcore import images
 from tlcore.backbone import Preprocessing
 from tlcore.dataset import TensorImageDataset
 from tlcore.errors import DataError
+from tlcore.interrupt import ignore_stop_signals
 
 TRAIN_CROP_SCALE = (0.35, 1.0)  # milder than ImageNet's (0.08, 1): fine-tuning sets are small
 
 
 def to_rgb(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    """Any PIL mode (L, P, RGBA, 16-bit, ...) or uint8 tensor (1 or 3 channels) to uint8 RGB (3, H, W)."""
-    if isinstance(image, torch.Tensor):
-        if image.ndim == 2:
-            image = image.unsqueeze(0)
-        return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float images: scale to 8 bits instead of letting convert() saturate them
-        array = np.asarray(image, dtype=np.float32)
-        peak = array.max() if array.size and array.max() > 0 else 1.0
-        image = Image.fromarray((array * (255.0 / peak)).clip(0, 255).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    """Any PIL mode or image tensor to RGB ``(3, H, W)`` by :func:`tlcore.images.to_rgb` (kept here for old imports)."""
+    return images.to_rgb(image)
 
 
 def build_image_transform(
-    pre: Preprocessing, image_size: int, train: bool, augment: str, flip: bool
+    pre: Preprocessing, image_size: int, *, train: bool, augment: str, flip: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The geometry for one uint8 RGB image, uint8 out: augmentation in training, resize and centre-crop otherwise.
 
     Normalising is left to the device (:class:`tlcore.batches.Normalise`): images travel as uint8.
+    ``augment`` is standard (random resized crop, and a horizontal flip when ``flip``), none, or a policy
+    (randaugment, trivialaugment, augmix: torchvision's, applied after the crop and flip).
     """
+    from tlcore.batch_augment import make_policy  # the policies the memory pipeline applies on the device too
+
     interpolation = InterpolationMode(pre.interpolation)
-    if train and augment == "standard":
+    policy = make_policy(augment)
+    if train and augment != "none":
         steps = [v2.RandomResizedCrop(image_size, scale=TRAIN_CROP_SCALE, interpolation=interpolation, antialias=True)]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
+        if policy is not None:
+            steps.append(policy)
         return v2.Compose(steps)
-    resize = max(image_size, int(round(image_size / pre.crop_pct)))
+    resize = pre.resize_for(image_size)
     return v2.Compose([v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(image_size)])
 
 
 def build_transform(
-    pre: Preprocessing, image_size: int, train: bool, augment: str, flip: bool
+    pre: Preprocessing, image_size: int, *, train: bool, augment: str, flip: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The whole transform for one uint8 RGB image, normalised float out (inference, one image at a time)."""
     normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-    return v2.Compose([build_image_transform(pre, image_size, train, augment, flip), *normalise])
+    return v2.Compose([build_image_transform(pre, image_size, train=train, augment=augment, flip=flip), *normalise])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -86,6 +83,17 @@ def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]
     return images, labels, unreadable
 
 
+def collate_indexed(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    """:func:`collate_skipping` for items ``(image, label, index)``: the dataset positions of the readable ones last."""
+    unreadable = [item.reason for item in items if isinstance(item, Unreadable)]
+    readable = [item for item in items if not isinstance(item, Unreadable)]
+    if not readable:
+        empty = torch.empty(0, dtype=torch.int64)
+        return torch.empty(0), empty, unreadable, empty
+    images, labels, indices = default_collate(readable)
+    return images, labels, unreadable, indices
+
+
 class TransformedDataset(Dataset):
     """Applies colour conversion and a transform to a plugin's dataset, lazily per item.
 
@@ -96,12 +104,19 @@ class TransformedDataset(Dataset):
     """
 
     def __init__(
-        self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0, tolerant: bool = False
+        self,
+        base: Dataset,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        seed: int = 0,
+        *,
+        tolerant: bool = False,
+        with_index: bool = False,
     ):
         self.base = base
         self.transform = transform
         self.seed = seed
         self.tolerant = tolerant  # return Unreadable for an image that cannot be decoded, instead of raising
+        self.with_index = with_index  # items (image, label, index): which images a batch holds (collate_indexed)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -110,13 +125,13 @@ class TransformedDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (None, key)
         try:
             image, label = self.base[index]
-            image = to_rgb(image)
-        except (DataError, OSError, ValueError) as error:  # a truncated or corrupt file, as the dataset reports it
+            image = images.to_rgb(image, f"#{index}")  # any decoding failure is a DataError
+        except (DataError, OSError, ValueError, SyntaxError) as error:  # a corrupt file, as the dataset reports it
             if not self.tolerant:
                 raise
             return Unreadable(str(error) if isinstance(error, DataError) else f"image {index}: {error}")
         if epoch is None:
-            return self.transform(image), int(label)
+            return (self.transform(image), int(label), index) if self.with_index else (self.transform(image), int(label))
         with torch.random.fork_rng(devices=[]):  # the CPU generator only; the caller's stream is left as it was
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(image), int(label)
@@ -136,6 +151,7 @@ class EpochSampler(Sampler):
         self,
         size: int,
         seed: int,
+        *,
         shuffle: bool = True,
         weights: torch.Tensor | None = None,
         rank: int = 0,
@@ -179,6 +195,43 @@ class EpochSampler(Sampler):
         return max(0, self._per_rank() - self.start)
 
 
+def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """How an epoch of ``count`` images is cut into batches: ``(start, stop)`` positions, in order.
+
+    Batches of ``batch_size``, the last one smaller; a last batch of a single
+    image joins the one before it (``batch_size + 1`` images), because
+    BatchNorm cannot normalise one image in training ("Expected more than 1
+    value per channel"). Every pipeline cuts epochs this way, so the number of
+    steps, and where a resumed epoch starts (a multiple of ``batch_size``),
+    are the same in all of them.
+    """
+    bounds = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    if batch_size > 1 and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:  # batches of one were asked for
+        bounds[-2:] = [(bounds[-2][0], count)]
+    return bounds
+
+
+def batch_count(count: int, batch_size: int) -> int:
+    """``len(batch_bounds(count, batch_size))``, without listing them."""
+    full, rest = divmod(count, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
+class CutBatches(Sampler):
+    """A batch sampler: the keys of ``sampler`` (or ``range(size)``) cut as :func:`batch_bounds` says."""
+
+    def __init__(self, sampler: Sampler | None, batch_size: int, size: int):
+        self.sampler, self.batch_size, self.size = sampler, batch_size, size
+
+    def __iter__(self):
+        keys = list(self.sampler) if self.sampler is not None else list(range(self.size))
+        for start, stop in batch_bounds(len(keys), self.batch_size):
+            yield keys[start:stop]
+
+    def __len__(self) -> int:
+        return batch_count(len(self.sampler) if self.sampler is not None else self.size, self.batch_size)
+
+
 def default_workers(dataset: Dataset, requested: int | None) -> int:
     """In-memory data needs no worker processes; files get up to 8, bounded by the cores."""
     if requested is not None:
@@ -189,17 +242,20 @@ def default_workers(dataset: Dataset, requested: int | None) -> int:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, sampler: Sampler | None, workers: int, pin_memory: bool, collate_fn=None
+    dataset: Dataset, batch_size: int, sampler: Sampler | None, workers: int, *, pin_memory: bool, collate_fn=None
 ) -> DataLoader:
-    """A DataLoader over ``sampler``'s keys (None: dataset order); the sampler alone decides the order."""
+    """A DataLoader over ``sampler``'s keys (None: dataset order); the sampler alone decides the order.
+
+    Batches are cut by :func:`batch_bounds`: a last batch of one image joins the one before it.
+    """
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=CutBatches(sampler, batch_size, len(dataset)),  # type: ignore[arg-type]
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         collate_fn=collate_fn,
+        worker_init_fn=ignore_stop_signals,  # a signal to the process group is the main process's to handle
         # its own generator: without one, each new iterator draws from the global stream, and a resumed run
         # (which makes one iterator more) would see different dropout than the run it continues
         generator=torch.Generator().manual_seed(0),

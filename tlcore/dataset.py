@@ -6,8 +6,9 @@ follows the backbone's weights whatever plugin supplied the data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -21,6 +22,9 @@ class DatasetOptions:
     seed: int = 0  # for any split the dataset makes itself
     val_fraction: float = 0.2  # share of train held out when the data has no validation split
     download: bool = True  # fetch missing files where the dataset can and the network allows
+    # the options plugins declared (tlcore.plugin_options), by name, the declared default where none was given;
+    # a factory called directly (tests, Python) may get none of them, so it reads them with .get(name, default)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +50,30 @@ class DatasetSplits:
     # The training size to use when --image-size is not given, for data whose images are far smaller than a
     # backbone's native input (8x8 digits gain nothing from 224 px); None means the backbone's own size.
     preferred_image_size: int | None = None
+    # Where the validation images came from, in words, for the run's first lines: "val/ (153 images)",
+    # "holding out 4 of 20 train images, seed 0". Empty: the core says how many the dataset gave.
+    validation: str = ""
+    # What else the user should know about the data before training: entries skipped while listing files
+    # (named), folders not used. Printed at the start of a run, one line each.
+    notes: list[str] = field(default_factory=list)
+    # A third split the dataset has besides train and val (a test/ folder next to val/), None when there is none;
+    # training never reads it. It may be ``val`` itself where the dataset validates on its official test split
+    # (CIFAR), so that `tlcore eval --split test` names it; `--split all` then counts those images once.
+    test: Dataset | None = None
+
+    def validation_note(self) -> str:
+        """Where validation comes from, for the run's first lines: ``validation`` or, without one, the count."""
+        if self.validation:
+            return self.validation
+        try:
+            count = f"{len(self.val):,} images"  # type: ignore[arg-type]
+        except TypeError:
+            count = "images"
+        return f"{count} the dataset gives as its validation split"
+
+    def run_notes(self) -> list[str]:
+        """The lines a run prints about its data before training: where validation came from, then the notes."""
+        return [f"validation: {self.validation_note()}", *self.notes]
 
 
 class TensorImageDataset(Dataset):

@@ -73,7 +73,7 @@ def wrap(model: nn.Module, place: Distributed, device: torch.device) -> nn.Modul
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def sync_batchnorm(module: nn.Module, enabled: bool, place: Distributed, device: torch.device) -> nn.Module:
+def sync_batchnorm(module: nn.Module, place: Distributed, device: torch.device, *, enabled: bool) -> nn.Module:
     """``--sync-bn``: BatchNorm layers that compute their statistics over every process's batch.
 
     A no-op for single-process runs. The converted layers keep their
@@ -87,7 +87,7 @@ def sync_batchnorm(module: nn.Module, enabled: bool, place: Distributed, device:
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
-def no_sync(model: nn.Module, place: Distributed, skip: bool):
+def no_sync(model: nn.Module, place: Distributed, *, skip: bool):
     """A context in which DDP does not exchange gradients (micro-batches before the last of a step)."""
     if skip and place.enabled and hasattr(model, "no_sync"):
         return model.no_sync()

@@ -1,12 +1,18 @@
 """Exporting a checkpoint for use without tlcore: TorchScript, torch.export (.pt2) and ONNX.
 
 Every artifact takes *normalised* float input ``(N, 3, S, S)`` (NCHW, any
-batch size) and returns logits ``(N, classes)``. How to get there from an image
+batch size) and returns *calibrated* logits ``(N, classes)``: the model's
+logits divided by the checkpoint's temperature (tlcore.calibration; 1.0 when
+it has none) inside the graph, so their softmax is the calibrated probability
+`tlcore predict` reports. How to get there from an image
 (resize, centre-crop, scale, normalise) and the class names are written beside
 it as ``<artifact>.json`` and embedded in it (an extra file ``tlcore.json`` in
-TorchScript and .pt2 archives, metadata in ONNX).
+TorchScript and .pt2 archives, metadata in ONNX). The run's model card
+(README.md, tlcore.model_card), when the checkpoint's folder has one, is copied
+beside it as ``<artifact>.md``.
 
-Each export is loaded back and compared with the checkpoint's model on sample
+Each export is loaded back and compared with the checkpoint's calibrated model
+(:attr:`tlcore.inference.Predictor.calibrated`, what `predict` uses) on sample
 inputs of another batch size before the file is moved into place, so a file
 that exists was checked.
 """
@@ -26,8 +32,10 @@ from typing import Any
 import torch
 
 from tlcore.errors import ConfigError, PluginError
-from tlcore.files import FILE_MODE, atomic_write_json
+from tlcore.files import atomic_file, atomic_write_json
 from tlcore.inference import Predictor, load_checkpoint
+from tlcore.messages import first_line
+from tlcore.model_card import copy_card_for_export
 from tlcore.plugins import PluginHost
 
 FORMATS = {"torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
@@ -47,6 +55,7 @@ class ExportResult:
     format: str
     max_abs_diff: float
     checked_shape: tuple[int, ...]
+    card: Path | None = None  # the run's model card copied beside the file (<file>.md), None when the run has none
 
 
 def export_checkpoint(
@@ -61,25 +70,23 @@ def export_checkpoint(
         raise ConfigError(f"export format {fmt!r} is not accepted; accepted: {', '.join(FORMATS)}")
     if fmt == "onnx":
         require_onnx()
+    if output:  # a bad --output fails before the checkpoint is read
+        check_export_target(Path(output).expanduser())
     predictor = load_checkpoint(checkpoint, device="cpu", host=host)
     target = Path(output).expanduser() if output else predictor.path.with_name(predictor.path.stem + FORMATS[fmt])
     if target.resolve() == predictor.path.resolve():
         raise ConfigError(f"export output {target} is the checkpoint itself; choose another --output")
-    if not target.parent.is_dir():
-        raise ConfigError(f"cannot write {target}: folder {target.parent} does not exist")
+    check_export_target(target)
     metadata = export_metadata(predictor, fmt, target)
     exporter, loader = EXPORTERS[fmt]
-    model = predictor.model.eval()
+    model = predictor.calibrated.eval()  # the graph divides by the temperature: the parity check covers it
     generator = torch.Generator().manual_seed(0)
     size = predictor.image_size
     sample = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
 
-    # the temporary name keeps the suffix: torch.export.load insists on .pt2
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + target.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # the temporary name keeps the suffix: torch.export.load insists on .pt2; it replaces target only once verified
+    with atomic_file(target, suffix=target.suffix) as tmp:
         try:
             exporter(model, sample, tmp, metadata)
             run = loader(tmp)
@@ -89,19 +96,37 @@ def export_checkpoint(
         except (ConfigError, PluginError):
             raise
         except Exception as error:  # tracing/export failures come in many types; all mean "this model does not export"
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            first = first_line(error, default="")
             raise PluginError(
                 f"backbone {predictor.info.backbone} could not be exported to {fmt}: {type(error).__name__}: {first}"
             ) from error
         difference = verify_outputs(expected, actual, fmt, predictor.info.backbone)
         metadata["verified"] = {"max_abs_diff": difference, "atol": ATOL, "rtol": RTOL, "input_shape": list(check.shape)}
-        os.chmod(tmp, FILE_MODE)  # mkstemp made it 0600
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = target.with_name(target.name + ".json")
     atomic_write_json(sidecar, metadata)
-    return ExportResult(target, sidecar, fmt, difference, tuple(check.shape))
+    card = copy_card_for_export(predictor.path, target, fmt)  # the run's README.md, as <file>.md
+    return ExportResult(target, sidecar, fmt, difference, tuple(check.shape), card)
+
+
+def check_export_target(target: Path) -> None:
+    """ConfigError unless ``target`` can become the exported file.
+
+    Refused: an existing folder, a file that is read-only (the user protected
+    it; it is not replaced), a parent folder that does not exist or where no
+    file can be created (read-only folder or file system).
+    """
+    if target.is_dir():
+        raise ConfigError(f"export --output {target} is an existing folder; pass a file name, e.g. {target / 'model.pt2'}")
+    if target.exists() and not os.access(target, os.W_OK) or target.is_file() and not target.stat().st_mode & 0o222:
+        raise ConfigError(f"export --output {target} is a read-only file; it is not replaced: choose another --output")
+    if not target.parent.is_dir():
+        raise ConfigError(f"cannot write {target}: folder {target.parent} does not exist")
+    try:  # the real test of a writable folder (access() says yes to root on a read-only file system)
+        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"export --output {target}: folder {target.parent} cannot be written ({error.strerror})") from None
 
 
 def verify_outputs(expected: torch.Tensor, actual: torch.Tensor, fmt: str, backbone: str) -> float:
@@ -131,11 +156,16 @@ def export_metadata(predictor: Predictor, fmt: str, target: Path) -> dict[str, A
         "file": target.name,
         "classes": list(predictor.classes),
         "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": "logits", "shape": ["batch", len(predictor.classes)]},
+        "output": {
+            "name": "logits",
+            "shape": ["batch", len(predictor.classes)],
+            "meaning": "calibrated logits: the model's logits divided by temperature; softmax gives the probabilities",
+        },
+        "temperature": predictor.temperature,
         "preprocessing": {
             # the same steps as training validation (tlcore.data.build_transform with train=False)
             "steps": "RGB; resize shorter side to resize_to; centre-crop image_size; scale to [0, 1]; (x - mean) / std",
-            "resize_to": max(size, int(round(size / pre.crop_pct))),
+            "resize_to": pre.resize_for(size),
             "image_size": size,
             "interpolation": pre.interpolation,
             "antialias": True,

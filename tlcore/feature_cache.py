@@ -6,7 +6,8 @@ computed once in inference mode, without augmentation, and reused every epoch.
 The cache lives in memory, or in a file in the run folder when it would not
 fit; it belongs to one run and carries the fingerprint of everything that
 determines it (backbone, weights, image size, preprocessing, data), which is
-checked before every use.
+checked where the run cuts its batches from it (``tlcore.train``) and names
+its spill file.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class CachedFeatures(Dataset):
         return self.features[index], self.labels[index]
 
     def check(self, key: str) -> None:
-        """Refuse to serve features computed for anything else."""
+        """Refuse to serve features computed for anything else: RuntimeError unless ``key`` is this cache's fingerprint."""
         if key != self.key:
             raise RuntimeError("feature cache fingerprint mismatch: the cache belongs to another backbone or data")
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+from tlcore.errors import ResourceError
+
+if TYPE_CHECKING:  # torch and safetensors load when tensors are saved: writing JSON or bytes must not import them
+    import torch
 
 
 def _file_mode() -> int:
@@ -22,33 +27,24 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@contextlib.contextmanager
+def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; when the block succeeds it replaces ``path`` whole.
 
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """A safetensors file written as :func:`atomic_write_bytes` writes bytes.
-
-    safetensors writes the file itself: no second copy of every tensor in
-    memory, and two to four times faster than serialising to bytes first.
+    The one atomic write: the block writes the complete file to the yielded
+    path (``.NAME.XXXXXXXX.tmp`` plus ``suffix``; it exists, empty, and may be
+    created anew). It is then flushed to disk, given the mode a plain open()
+    would, and renamed over ``path``. Whatever the block raises, the temporary
+    file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)  # only its unique name is needed: safetensors creates the file anew
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
+    except OSError as error:
+        raise write_failure(path, error) from error
+    os.close(fd)  # only its unique name is needed: writers such as safetensors create the file anew
+    try:
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         flushed = os.open(tmp, os.O_RDONLY)
         try:
@@ -56,9 +52,44 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
         finally:
             os.close(flushed)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) or type(error).__name__ == "SafetensorError":  # a full disk, a read-only one
+            raise write_failure(path, error) from error
         raise
+
+
+def write_failure(path: Path, error: BaseException) -> ResourceError:
+    """The one-line error for a write that failed (disk full, quota, read-only): what, why, and what was kept.
+
+    ``error`` is an OSError or a SafetensorError (safetensors reports a full
+    disk as ``IoError(Os { ..., message: "No space left on device" })``).
+    """
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:
+        found = re.search(r'message: "([^"]*)"', str(error))
+        reason = found.group(1) if found else " ".join(str(error).split()) or type(error).__name__
+    kept = f"the last complete {path.name} is kept as it was" if path.exists() else f"no {path.name} was written"
+    return ResourceError(f"cannot write {path}: {reason}; {kept}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_file`: a kill leaves the old file or the new one."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written through :func:`atomic_file`.
+
+    safetensors writes the file itself: no second copy of every tensor in
+    memory, and two to four times faster than serialising to bytes first.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -10,16 +10,31 @@ its children), so its running statistics never move.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from tlcore.backbone import Backbone
 from tlcore.errors import ConfigError
 from tlcore.hookspecs import hookimpl
 from tlcore.registry import Register
 
-# Layers whose parameters the `norm` policy trains.
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+if TYPE_CHECKING:  # torch is imported on first use: the plugin host loads this module for every command
+    from torch import nn
+
+    from tlcore.backbone import Backbone
+
+
+@cache
+def norm_types() -> tuple[type, ...]:
+    """The layer classes whose parameters the `norm` policy trains (BatchNorm and InstanceNorm, GroupNorm, ...)."""
+    from torch import nn
+
+    return (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def __getattr__(name: str):
+    if name == "NORM_TYPES":  # the old module-level tuple, built when first asked for
+        return norm_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ class TrainNormsOnly(FreezePolicy):
 
     def trains_parameter(self, name: str, owner: nn.Module) -> bool:
         """Norm layers' weights and biases."""
-        return isinstance(owner, NORM_TYPES)
+        return isinstance(owner, norm_types())
 
 
 def apply_trainable(

@@ -1,13 +1,19 @@
-"""Built-in classification heads, registered through the same hook as any plugin's."""
+"""Built-in classification heads, registered through the same hook as any plugin's.
+
+torch is imported when a head is built, not with the module: the plugin host loads
+this module for every command, `tlcore --help` included.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from tlcore.hookspecs import hookimpl
 from tlcore.registry import Register
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -20,12 +26,16 @@ class HeadOptions:
 
 def linear_head(in_features: int, num_classes: int, options: HeadOptions) -> nn.Module:
     """Dropout (when asked) then one linear layer: a linear probe when the backbone is frozen."""
+    from torch import nn
+
     layers: list[nn.Module] = [nn.Dropout(options.dropout)] if options.dropout > 0 else []
     return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
 
 
 def mlp_head(in_features: int, num_classes: int, options: HeadOptions) -> nn.Module:
     """Linear, GELU, dropout, linear: one hidden layer of ``options.hidden`` units."""
+    from torch import nn
+
     return nn.Sequential(
         nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity(),
         nn.Linear(in_features, options.hidden),

@@ -19,15 +19,19 @@ from typing import Any
 import torch
 from PIL import Image
 
-from tlcore.backbone import Backbone, BackboneOptions, Preprocessing
-from tlcore.build import call_factory
+from tlcore import images
+from tlcore.backbone import BackboneOptions, Preprocessing
+from tlcore.build import make_backbone, make_head
+from tlcore.calibration import UNKNOWN, TemperatureScaled, check_reject_below
 from tlcore.checkpoint import CheckpointInfo, read_checkpoint
 from tlcore.data import build_transform, to_rgb
 from tlcore.device import pick_device
-from tlcore.errors import ConfigError, DataError, PluginError, WeightsError
+from tlcore.errors import ConfigError, DataError, WeightsError
 from tlcore.heads import HeadOptions
+from tlcore.messages import shorten
 from tlcore.model import Classifier
 from tlcore.plugins import PluginHost, get_host
+from tlcore.tta import TTAModel, TTAViews, flips_allowed
 from tlcore.weights import find_weights_file
 
 # What --predict looks for inside folders (case-insensitive); files named on the command line are always tried.
@@ -44,11 +48,14 @@ class Prediction:
     labels: list[str]
     probabilities: list[float]
     indices: list[int]
+    tta_views: list[str] | None = None  # the views whose softmax was averaged (tlcore.tta); None: one plain view
+    reject_below: float | None = None  # the rejection threshold asked for; None: every image is answered
+    rejected: bool = False  # the top probability is below ``reject_below``: the answer is "unknown"
 
     @property
     def label(self) -> str:
-        """The most probable class."""
-        return self.labels[0]
+        """The most probable class, or ``"unknown"`` when the prediction was rejected (see ``rejected``)."""
+        return UNKNOWN if self.rejected else self.labels[0]
 
     @property
     def probability(self) -> float:
@@ -57,21 +64,31 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as `tlcore predict --json` prints it."""
-        return {
+        record = {
             "image": self.source,
             "predictions": [
                 {"class": label, "index": index, "probability": probability}
                 for label, index, probability in zip(self.labels, self.indices, self.probabilities, strict=True)
             ],
         }
+        if self.reject_below is not None:  # "label" is the answer: a class, or "unknown"; "unknown" says which
+            record = {**record, "label": self.label, "unknown": self.rejected, "reject_below": self.reject_below}
+        return record if self.tta_views is None else {**record, "tta_views": list(self.tta_views)}
 
 
 class Predictor:
-    """A trained classifier ready for inference: model in eval mode, its classes and preprocessing."""
+    """A trained classifier ready for inference: model in eval mode, its classes, preprocessing and temperature.
+
+    Probabilities are calibrated: ``softmax(logits / temperature)`` with the
+    checkpoint's fitted temperature (1.0 for a checkpoint without one).
+    ``model`` gives the raw logits; ``calibrated`` the logits divided by the temperature.
+    """
 
     def __init__(self, model: Classifier, info: CheckpointInfo, device: torch.device, path: Path | None = None):
         self.model = model.to(device).eval()
         self.info = info
+        self.temperature: float = float(getattr(info, "temperature", 1.0))
+        self.calibrated = TemperatureScaled(self.model, self.temperature).to(device).eval()
         self.device = device
         self.path = path
         self.classes: list[str] = list(info.classes)
@@ -79,9 +96,15 @@ class Predictor:
         self.preprocessing = Preprocessing.from_dict(info.preprocessing)
         # exactly the transform validation used during training: resize, centre-crop, normalise
         self.transform = build_transform(self.preprocessing, self.image_size, train=False, augment="none", flip=False)
+        # test-time views (tlcore.tta): mirrored ones only where the checkpoint's data allowed flips
+        self.views = TTAViews(self.preprocessing, self.image_size, flip=flips_allowed(info.data))
 
-    def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """One image (path, PIL image, uint8 tensor, or float tensor in [0, 1]) to a normalised ``(3, S, S)`` tensor."""
+    def preprocess(self, image: ImageInput, *, tta: bool = False) -> torch.Tensor:
+        """One image (path, PIL image, uint8 tensor, or float tensor in [0, 1]) to a normalised ``(3, S, S)`` tensor.
+
+        With ``tta``, its test-time views ``(V, 3, S, S)`` instead (:class:`tlcore.tta.TTAViews`, named in
+        ``self.views.names``).
+        """
         if isinstance(image, (str, Path)):
             image = open_image(Path(image))
         if isinstance(image, torch.Tensor):
@@ -93,42 +116,106 @@ class Predictor:
                 raise DataError(f"an image tensor must be uint8 (0-255) or float (0-1), got {image.dtype}")
         elif not isinstance(image, Image.Image):
             raise DataError(f"cannot classify a {type(image).__name__}; pass a path, a PIL image or an image tensor")
-        return self.transform(to_rgb(image))
+        return (self.views if tta else self.transform)(to_rgb(image))
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, classes)`` on the CPU for a normalised batch ``(N, 3, S, S)``."""
         return self.model(batch.to(self.device)).float().cpu()
 
-    def predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
-        """Top-``top_k`` classes with probabilities for each image, in batches of ``batch_size``.
+    @torch.inference_mode()
+    def calibrated_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits divided by the temperature ``(N, classes)`` on the CPU: their softmax is the calibrated probability."""
+        return self.calibrated(batch.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def tta_log_probabilities(self, views: torch.Tensor) -> torch.Tensor:
+        """Log of the mean calibrated softmax over each image's views ``(N, V, 3, S, S)``: ``(N, classes)`` on the CPU."""
+        return TTAModel(self.calibrated)(views.to(self.device)).cpu()
+
+    def predict(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        top_k: int = 5,
+        batch_size: int = 64,
+        *,
+        tta: bool = False,
+        reject_below: float | None = None,
+    ) -> list[Prediction]:
+        """Top-``top_k`` classes with calibrated probabilities for each image, in batches of ``batch_size``.
 
         ``images`` is one image or a sequence of them: paths, PIL images of any
         mode and size, uint8 tensors ``(C, H, W)`` or ``(H, W)``, float tensors
         in [0, 1], or a batch tensor ``(N, C, H, W)``. An unreadable file raises
-        DataError naming it.
+        DataError naming it. With ``tta`` the probabilities are the mean of the
+        softmax over each image's test-time views (:mod:`tlcore.tta`; 5 crops,
+        10 with flips where the checkpoint's data allowed them), and each
+        prediction names its views in ``tta_views``. With ``reject_below`` (a
+        probability in [0, 1]) an image whose top probability is below it is
+        answered ``"unknown"`` (``rejected`` True; the classes are still listed).
+        ConfigError for a bad ``top_k``, ``batch_size`` or ``reject_below``.
         """
-        if top_k < 1:
-            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        check_top_k(top_k)
+        reject_below = check_reject_below(reject_below)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         items = _as_list(images)
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch = torch.stack([self.preprocess(item) for item in chunk])
             names = [_source_name(item, start + i) for i, item in enumerate(chunk)]
-            results.extend(self.top_k(self.logits(batch), names, top_k))
+            prepared = [self.preprocess(item, tta=tta) for item in chunk]
+            results.extend(self.classify(prepared, names, top_k, tta=tta, reject_below=reject_below))
         return results
 
-    def top_k(self, logits: torch.Tensor, names: Sequence[str], top_k: int) -> list[Prediction]:
-        """Turn logits into :class:`Prediction` objects (``top_k`` is capped at the number of classes)."""
+    def classify(
+        self,
+        prepared: list[torch.Tensor],
+        names: Sequence[str],
+        top_k: int,
+        *,
+        tta: bool,
+        reject_below: float | None = None,
+    ) -> list[Prediction]:
+        """Predictions for images already through :meth:`preprocess` (with the same ``tta``), calibrated."""
+        batch = torch.stack(prepared)
+        if not tta:
+            return self.top_k(self.calibrated_logits(batch), names, top_k, reject_below)
+        # softmax of log p gives p back
+        predictions = self.top_k(self.tta_log_probabilities(batch), names, top_k, reject_below)
+        for prediction in predictions:
+            prediction.tta_views = list(self.views.names)
+        return predictions
+
+    def top_k(
+        self, logits: torch.Tensor, names: Sequence[str], top_k: int, reject_below: float | None = None
+    ) -> list[Prediction]:
+        """Turn logits (already calibrated) into :class:`Prediction` objects (``top_k`` is capped at the class count).
+
+        An image whose top probability is below ``reject_below`` is marked ``rejected`` (answered "unknown").
+        """
         probabilities = logits.softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, len(self.classes)), dim=1)
         return [
-            Prediction(name, [self.classes[i] for i in row_indices], row_values, row_indices)
+            Prediction(
+                name,
+                [self.classes[i] for i in row_indices],
+                row_values,
+                row_indices,
+                reject_below=reject_below,
+                rejected=reject_below is not None and row_values[0] < reject_below,
+            )
             for name, row_values, row_indices in zip(names, values.tolist(), indices.tolist(), strict=True)
         ]
+
+
+MAX_TOP_K = 10**6  # classes a checkpoint may have (tlcore.checkpoint.MAX_CLASSES); more is never meant
+
+
+def check_top_k(top_k: int) -> None:
+    """ConfigError unless ``top_k`` (classes shown per image) is an integer from 1; it is capped at the class count."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise ConfigError(f"top_k must be an integer from 1 to {MAX_TOP_K} (classes shown per image), got {top_k}")
 
 
 def load_checkpoint(path: str | Path, device: str = "auto", host: PluginHost | None = None) -> Predictor:
@@ -150,18 +237,11 @@ def load_checkpoint(path: str | Path, device: str = "auto", host: PluginHost | N
 
 def build_model(info: CheckpointInfo, host: PluginHost) -> Classifier:
     """An untrained :class:`Classifier` of the architecture a checkpoint records."""
-    entry = host.catalog("backbones").resolve(info.backbone)
-    options = BackboneOptions(pretrained=False, image_size=info.image_size)
-    backbone = call_factory(entry, "backbones", info.backbone, options)
-    if not isinstance(backbone, Backbone):
-        raise PluginError(f"plugin {entry.plugin}: backbone {info.backbone!r} returned {type(backbone).__name__}")
-    head_entry = host.catalog("heads").resolve(info.head)
+    backbone = make_backbone(info.backbone, host, BackboneOptions(pretrained=False, image_size=info.image_size))
     # only the options HeadOptions knows: a newer tlcore may record more
     known = {f.name for f in dataclasses.fields(HeadOptions)}
     head_options = HeadOptions(**{k: v for k, v in (info.head_options or {}).items() if k in known})
-    head = call_factory(head_entry, "heads", backbone.feature_dim, len(info.classes), head_options)
-    if not isinstance(head, torch.nn.Module):
-        raise PluginError(f"plugin {head_entry.plugin}: head {info.head!r} returned {type(head).__name__}, not a Module")
+    head = make_head(info.head, host, backbone.feature_dim, len(info.classes), head_options)
     return Classifier(backbone.module, head)
 
 
@@ -179,20 +259,18 @@ def load_strict(model: Classifier, tensors: dict[str, torch.Tensor], path: Path)
         details = []
         for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shapes", shapes)):
             if keys:
-                details.append(f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}")
+                details.append(f"{label}: {shorten(keys, 3)}")
         raise WeightsError(f"{path} does not fit the model its metadata describes; {'; '.join(details)}")
     model.load_state_dict(tensors, strict=True)
 
 
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image file; DataError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not in the middle of a batch
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise DataError(f"cannot read image {path}: {reason}") from error
-    return image
+    """Open and fully decode an image file; DataError naming the file when it cannot be read.
+
+    The one decoding function of training and eval (:func:`tlcore.images.open_image`): regular files only,
+    the decompression-bomb limit, every decoder failure caught.
+    """
+    return images.open_image(path)
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -206,12 +284,13 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise DataError(f"{path} does not exist")
-        if path.is_file():
+        if not path.is_dir():  # a pipe or device named here is refused by open_image, never opened
             found.append(path)
             continue
         for candidate in sorted(path.rglob("*")):
             hidden = any(part.startswith(".") for part in candidate.relative_to(path).parts)
-            if candidate.is_file() and not hidden and candidate.suffix.lower() in IMAGE_EXTENSIONS:
+            # not only regular files: a pipe or broken link named like an image is reported when read, not dropped
+            if not candidate.is_dir() and not hidden and candidate.suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(candidate)
     if not found:
         where = ", ".join(str(p) for p in paths)
@@ -225,14 +304,20 @@ def predict_files(
     top_k: int = 5,
     batch_size: int = 64,
     warn: Callable[[str], None] | None = None,
+    *,
+    tta: bool = False,
+    reject_below: float | None = None,
 ) -> Iterator[Prediction]:
     """Predict image files batch by batch, yielding as each batch is done.
 
     A file that cannot be decoded is passed to ``warn`` (one message naming
     it) and skipped; DataError at the end when no file at all could be read.
+    ``tta`` averages test-time views and ``reject_below`` answers "unknown", as :meth:`Predictor.predict` does.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    check_top_k(top_k)
+    reject_below = check_reject_below(reject_below)
     read = 0
     for start in range(0, len(files), batch_size):
         images, names = [], []
@@ -245,8 +330,8 @@ def predict_files(
                     warn(str(error))
         if images:
             read += len(images)
-            batch = torch.stack([predictor.preprocess(image) for image in images])
-            yield from predictor.top_k(predictor.logits(batch), names, top_k)
+            prepared = [predictor.preprocess(image, tta=tta) for image in images]
+            yield from predictor.classify(prepared, names, top_k, tta=tta, reject_below=reject_below)
     if read == 0:
         raise DataError(
             "the image could not be read" if len(files) == 1 else f"none of the {len(files)} images could be read"
@@ -254,10 +339,12 @@ def predict_files(
 
 
 def render_prediction(prediction: Prediction, width: int) -> str:
-    """One line of `tlcore predict`: the file, then each class with its probability."""
+    """One line of `tlcore predict`: the file, then each class with its probability ("unknown" first when rejected)."""
     classes = "  ".join(
         f"{label} {probability:.4f}" for label, probability in zip(prediction.labels, prediction.probabilities, strict=True)
     )
+    if prediction.rejected:
+        classes = f"{UNKNOWN} (top probability below {prediction.reject_below:g}):  {classes}"
     return f"{prediction.source:<{width}}  {classes}"
 
 

@@ -10,13 +10,16 @@ schedule, its state, or a resume.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from tlcore.backbone import Backbone
 from tlcore.config import RunConfig
 from tlcore.errors import ConfigError
+from tlcore.mixing import Mixing
 
 ONECYCLE_WARMUP = 0.3  # share of the run spent rising, as torch's OneCycleLR pct_start
 ONECYCLE_START = 1 / 25  # rise from lr/25 (div_factor), fall to lr/25e4 (final_div_factor)
@@ -133,3 +136,18 @@ def make_scheduler(
     multiplies each group's initial rate, so one multiplier serves all.
     """
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, steps_per_epoch))
+
+
+@dataclass
+class Optimisation:
+    """What the training steps use besides the model, built once per run."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # stepped once per optimizer step
+    criterion: nn.Module  # the training loss (class weights, label smoothing)
+    amp_dtype: torch.dtype | None  # autocast's dtype; None: full precision
+    scaler: torch.amp.GradScaler  # enabled for float16 only: bfloat16 needs no loss scaling
+    loss_weights: torch.Tensor | None  # per-class loss weights (--class-weights), on the device
+    mixing: Mixing | None = None  # --mixup/--cutmix: the criterion then takes soft targets
+    ema: AveragedModel | None = None  # --ema: the moving average of the model's weights, updated each step
+    clip: tuple[str, float] | None = None  # --clip-mode and --clip-grad: ("norm" or "value", limit)

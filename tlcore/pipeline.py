@@ -23,11 +23,11 @@ from tlcore.data import (
     TransformedDataset,
     build_image_transform,
     collate_skipping,
-    default_workers,
     make_loader,
 )
 from tlcore.dataset import DatasetSplits, TensorImageDataset
 from tlcore.errors import ConfigError
+from tlcore.threads import ThreadBudget, apply_budget, plan_budget, requested_threads
 
 Batches = LoaderBatches | MemoryBatches
 
@@ -69,11 +69,13 @@ class Pipeline:
     channels_last: bool
     workers: int  # DataLoader workers (0 for the memory pipeline)
     unaugmented: Callable[[str], Batches]  # "train" or "val": all its images in dataset order, unaugmented
+    budget: ThreadBudget | None = None  # how compute threads and workers share the cores (tlcore.threads)
 
     def describe(self) -> dict:
-        """What config.json records of the data path."""
+        """What config.json records of the data path (and of the thread budget: threads, cores, why)."""
         held = getattr(self.train, "held_on", None)
         return {
+            **(self.budget.describe() if self.budget is not None else {}),
             "pipeline": self.kind,
             "channels_last": self.channels_last,
             "workers": self.workers,
@@ -93,19 +95,23 @@ def build_pipeline(
     """The batch sources for this run's data, device and options."""
     kind = choose_pipeline(config, data)
     channels_last = use_channels_last(config.channels_last, device)
-    normalise = Normalise(pre, device, channels_last)
+    normalise = Normalise(pre, device, channels_last=channels_last)
     flip, size, batch = data.flip_invariant, image_size, config.batch_size
     augment = "none" if config.cache_features else config.augment  # cached features are of unaugmented images
+    # On the CPU, workers and torch's threads share the cores (tlcore/threads.py); set before any batch is cut.
+    threads, threads_from = requested_threads(config.threads)
+    budget = plan_budget(data.train, image_size, device.type, threads, config.workers, threads_from=threads_from)
+    apply_budget(budget)
 
     if kind == "memory":
         held_on = storage_device([data.train.images, data.val.images], device)
 
         def memory(split: TensorImageDataset, sampler: EpochSampler, train: bool) -> MemoryBatches:
-            transform = MemoryTransform(pre, size, train, augment, flip, normalise)
+            transform = MemoryTransform(pre, size, train=train, augment=augment, flip=flip, normalise=normalise)
             return MemoryBatches(split.images, split.labels, sampler, batch, device, transform, config.seed, held_on)
 
         sources = {"train": memory(data.train, train_sampler, True), "val": memory(data.val, val_sampler, False)}
-        plain = MemoryTransform(pre, size, False, "none", flip, normalise)
+        plain = MemoryTransform(pre, size, train=False, augment="none", flip=flip, normalise=normalise)
         return Pipeline(
             sources["train"],
             sources["val"],
@@ -113,21 +119,25 @@ def build_pipeline(
             channels_last,
             0,
             lambda split: sources[split].sibling(None, plain),  # shares the images already placed on the device
+            budget,
         )
 
-    workers = default_workers(data.train, config.workers)
+    workers = budget.workers
     if config.decode == "device":
         from tlcore.device_decode import decoded_batches  # only runs that ask for GPU decoding need it
 
+        decoding = {"augment": augment, "flip": flip, "normalise": normalise, "workers": workers}
+
         return Pipeline(
-            decoded_batches(data.train, train_sampler, config, pre, size, True, augment, flip, normalise, workers),
-            decoded_batches(data.val, val_sampler, config, pre, size, False, augment, flip, normalise, workers),
+            decoded_batches(data.train, train_sampler, config, pre, size, train=True, **decoding),
+            decoded_batches(data.val, val_sampler, config, pre, size, train=False, **decoding),
             kind,
             channels_last,
             workers,
             lambda split: decoded_batches(
-                getattr(data, split), None, config, pre, size, False, "none", flip, normalise, workers
+                getattr(data, split), None, config, pre, size, train=False, **{**decoding, "augment": "none"}
             ),
+            budget,
         )
 
     # tolerant: an undecodable image comes back as Unreadable and the main process decides (skip and count, or stop
@@ -135,8 +145,11 @@ def build_pipeline(
     pin = device.type == "cuda"
 
     def loader(split, sampler: EpochSampler | None, train: bool) -> LoaderBatches:
-        dataset = TransformedDataset(split, build_image_transform(pre, size, train, augment, flip), config.seed, True)
-        return LoaderBatches(make_loader(dataset, batch, sampler, workers, pin, collate_skipping), normalise, device)
+        transform = build_image_transform(pre, size, train=train, augment=augment, flip=flip)
+        dataset = TransformedDataset(split, transform, config.seed, tolerant=True)
+        return LoaderBatches(
+            make_loader(dataset, batch, sampler, workers, pin_memory=pin, collate_fn=collate_skipping), normalise, device
+        )
 
     return Pipeline(
         loader(data.train, train_sampler, True),
@@ -145,4 +158,5 @@ def build_pipeline(
         channels_last,
         workers,
         lambda split: loader(getattr(data, split), None, False),
+        budget,
     )

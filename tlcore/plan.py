@@ -1,4 +1,8 @@
-"""`tlcore plan`: what a run would train, phase by phase, without loading data or training."""
+"""`tlcore plan`: what a run would train, phase by phase, without training.
+
+The dataset is opened only for its class count (the head's size); when it cannot
+be opened, the plan says so and shows the head for two classes.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tlcore.build import build_backbone, build_head, build_policy, read_weights_option
+from tlcore.build import build_backbone, build_dataset, build_head, build_policy, read_weights_option
 from tlcore.config import RunConfig
+from tlcore.errors import TlcoreError
 from tlcore.freeze import Phase, apply_trainable, policy_phases
 from tlcore.model import Classifier
 from tlcore.optim import lr_scales
 from tlcore.plugins import PluginHost
 
-PLAN_CLASSES = 2  # the head's size depends on the data, which a plan does not load
+PLAN_CLASSES = 2  # the head's size when the dataset cannot be opened
 
 
 @dataclass
@@ -35,12 +40,23 @@ class Plan:
     config: RunConfig
     weights: str
     phases: list[tuple[Phase, list[GroupPlan]]]
+    num_classes: int = PLAN_CLASSES
+    classes_note: str = ""  # why the head is shown for PLAN_CLASSES classes, when the dataset could not be opened
 
 
 def make_plan(config: RunConfig, host: PluginHost) -> Plan:
-    """Build the backbone and policy as a run would, and apply each phase to read off what trains."""
+    """Build the backbone and policy as a run would, and apply each phase to read off what trains.
+
+    The head is sized for the dataset's classes (``config.dataset`` is opened for
+    them); a dataset that cannot be opened leaves ``PLAN_CLASSES`` and a note.
+    Raises what the builders raise for the backbone, head and policy.
+    """
+    try:
+        num_classes, note = len(build_dataset(config, host).classes), ""
+    except TlcoreError as error:  # a plan of the model is still useful without the data
+        num_classes, note = PLAN_CLASSES, f"dataset {config.dataset} could not be opened: {error}"
     backbone = build_backbone(config, host, config.image_size, read_weights_option(config))
-    head = build_head(config, host, backbone.feature_dim, PLAN_CLASSES)
+    head = build_head(config, host, backbone.feature_dim, num_classes)
     model = Classifier(backbone.module, head)
     policy = build_policy(config, host)
     names = [group.name for group in backbone.layer_groups]
@@ -59,7 +75,7 @@ def make_plan(config: RunConfig, host: PluginHost) -> Plan:
             rows.append(_row(group.name, params, config, scales[group.name], mode))
         rows.append(_row("head", list(head.parameters()), config, scales["head"], "-"))
         phases.append((phase, rows))
-    return Plan(config, backbone.weights, phases)
+    return Plan(config, backbone.weights, phases, num_classes, note)
 
 
 def _row(name: str, params: list[nn.Parameter], config: RunConfig, scale: float, mode: str) -> GroupPlan:
@@ -67,10 +83,16 @@ def _row(name: str, params: list[nn.Parameter], config: RunConfig, scale: float,
         name=name,
         parameters=sum(p.numel() for p in params),
         training=sum(p.numel() for p in params if p.requires_grad),
-        lr=config.lr * scale,
+        lr=scale if config.lr == "auto" else config.lr * scale,  # --lr auto: the multiple of the rate lr-find picks
         weight_decay=config.weight_decay,
         norm_mode=mode,
     )
+
+
+def _rate(lr: float | str) -> str:
+    if lr == "auto":
+        return "auto (found by tlcore lr-find before training; the lr column shows multiples of it)"
+    return f"{lr:g}"
 
 
 def render_plan(plan: Plan) -> str:
@@ -78,8 +100,10 @@ def render_plan(plan: Plan) -> str:
     config = plan.config
     lines = [
         f"plan: {config.backbone} ({plan.weights}), freeze {config.freeze}, bn-mode {config.bn_mode}, "
-        f"{config.optimizer} lr {config.lr:g} {config.schedule}, {config.epochs} epochs",
-        f"(head parameters shown for {PLAN_CLASSES} classes; weight decay applies to weights, not biases or norms)",
+        f"{config.optimizer} lr {_rate(config.lr)} {config.schedule}, {config.epochs} epochs",
+        f"(head parameters shown for {plan.num_classes} classes"
+        + (f": {plan.classes_note}" if plan.classes_note else f" of dataset {config.dataset}")
+        + "; weight decay applies to weights, not biases or norms)",
     ]
     width = max(len(row.name) for _, rows in plan.phases for row in rows)
     for phase, rows in plan.phases:

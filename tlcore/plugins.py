@@ -16,10 +16,21 @@ Environment variables:
 A plugin may declare the hook API versions it supports as a string attribute
 ``TLCORE_API`` (e.g. ``">=1,<2"``: comma-separated comparisons that must all hold);
 one whose range excludes ``hookspecs.API_VERSION`` is refused, naming both.
+
+Order and isolation (the one rule; docs/plugins.md, "Order and conflicts"):
+built-in parts are registered first, then installed plugins sorted by entry-point
+name, then run-time registrations in the order made. Hooks that answer a question
+(``tlcore_pretrained_weights``) ask the most recently registered plugin first and
+the built-in parts last, as pluggy's ``firstresult`` does; :meth:`PluginHost.hook_impls`
+returns that order. Each implementation is called on its own, so one that raises is
+reported and the others still run. Names are never decided by order: two plugins
+registering one name is an error naming both, and built-in commands cannot be
+replaced by a plugin.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import operator
 import os
@@ -60,6 +71,11 @@ BUILTIN_MODULES = {
     "tlcore.commands": "tlcore.commands",
     "tlcore.scaffold": "tlcore.scaffold",
 }
+# The plugins in tlcore's own repository: like the built-in parts, their bare names (e.g. the command
+# `report`) are tlcore's, and no other plugin can take them over (docs/plugins.md, "Order and conflicts").
+FIRST_PARTY_DISTRIBUTIONS = frozenset(
+    {"tlcore-torchvision", "tlcore-timm", "tlcore-datasets", "tlcore-viz", "tlcore-hf", "tlcore-mlflow", "tlcore-wandb"}
+)
 REGISTER_HOOKS = {
     "backbones": "tlcore_register_backbones",
     "datasets": "tlcore_register_datasets",
@@ -78,7 +94,19 @@ class PluginRecord:
     distribution: str | None = None
     version: str | None = None
     hooks: list[str] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # why it did not load, or the first hook of it that raised
+    warnings: list[str] = field(default_factory=list)  # e.g. another distribution's entry point of the same name
+
+    @property
+    def first_party(self) -> bool:
+        """A built-in part or a plugin from tlcore's own repository (whose bare names are reserved)."""
+        return self.source == "builtin" or self.distribution in FIRST_PARTY_DISTRIBUTIONS
+
+    def warn(self, message: str) -> None:
+        """Keep ``message`` for `tlcore plugins` (once) and print it as a warning."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+        print(f"tlcore: warning: {message}", file=sys.stderr)
 
     def to_dict(self) -> dict:
         """JSON-ready form for `tlcore plugins --json` and config.json."""
@@ -89,6 +117,7 @@ class PluginRecord:
             "version": self.version,
             "hooks": self.hooks,
             "error": self.error,
+            "warnings": self.warnings,
         }
 
 
@@ -102,7 +131,7 @@ def _env_names(variable: str) -> set[str] | None:
 class PluginHost:
     """Owns the pluggy manager and the catalogs built from it."""
 
-    def __init__(self, load_installed: bool = True):
+    def __init__(self, *, load_installed: bool = True):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
@@ -135,9 +164,12 @@ class PluginHost:
         disabled = _env_names(ENV_DISABLE) or set()
         for entry_point in sorted(_entry_points(), key=lambda ep: ep.name):
             name = entry_point.name
-            if name in disabled or (selected is not None and name not in selected) or name in self.records:
+            if name in disabled or (selected is not None and name not in selected):
                 continue
             dist = getattr(entry_point, "dist", None)
+            if name in self.records:  # a second distribution using a taken name: reported, never dropped silently
+                self._report_duplicate(self.records[name], entry_point)
+                continue
             record = PluginRecord(name, "entry point", dist.name if dist else None, dist.version if dist else None)
             try:
                 plugin = entry_point.load()
@@ -146,6 +178,18 @@ class PluginHost:
             except Exception as error:  # one broken plugin is reported, the rest keep working
                 record.error = f"{type(error).__name__}: {error}"
             self.records[name] = record
+
+    def _report_duplicate(self, taken: PluginRecord, entry_point: importlib.metadata.EntryPoint) -> None:
+        """Record on the loaded plugin, and warn, that another entry point of its name was not loaded."""
+        dist = getattr(entry_point, "dist", None)
+        other = f"{dist.name} {dist.version}" if dist else entry_point.value
+        owner = "tlcore (a built-in part)" if taken.source == "builtin" else f"{taken.distribution or taken.source}"
+        owner += f" {taken.version}" if taken.version and taken.source != "builtin" else ""
+        message = (
+            f"entry point {taken.name!r} of {other} was not loaded: the name is taken by {owner}; "
+            "uninstall one of them (plugin names must be unique)"
+        )
+        taken.warn(message)
 
     def _register_checked(self, plugin: Any, name: str) -> None:
         """Register with pluggy; refuse a plugin made for another hook API and implementations that match no hook (typos)."""
@@ -160,7 +204,7 @@ class PluginHost:
         ]
         if unknown:
             self.pm.unregister(name=name)
-            raise PluginError(f"unknown hooks {', '.join(sorted(unknown))}; see docs for the hook names")
+            raise PluginError(f"unknown hooks: {'; '.join(_hook_hint(hook) for hook in sorted(unknown))}")
         self._catalogs = None
 
     def _hook_names(self, name: str) -> list[str]:
@@ -175,7 +219,9 @@ class PluginHost:
         """Register a plugin object now; it takes effect at once. Returns its name."""
         name = name or getattr(plugin, "__name__", None) or f"runtime-{id(plugin):x}"
         if self.pm.get_plugin(name) is not None or name in self.records:
-            raise PluginError(f"a plugin named {name!r} is already registered")
+            taken = self.records.get(name)
+            origin = f" (from {taken.distribution or taken.source})" if taken is not None else ""
+            raise PluginError(f"a plugin named {name!r} is already registered{origin}; register this one under another name")
         self._register_checked(plugin, name)
         self.records[name] = PluginRecord(name, "runtime", hooks=self._hook_names(name))
         return name
@@ -201,10 +247,14 @@ class PluginHost:
             self._catalogs = {k: self._collect(k) for k in KINDS}
         return self._catalogs[kind]
 
+    def catalogs(self) -> dict[str, Catalog]:
+        """Every catalog (collecting them runs every register hook, so hook errors are on the records after)."""
+        return {kind: self.catalog(kind) for kind in KINDS}
+
     def _collect(self, kind: str) -> Catalog:
         catalog = Catalog(kind, [name for name, record in self.records.items() if record.error])
-        hook = getattr(self.pm.hook, REGISTER_HOOKS[kind])
-        for impl in reversed(hook.get_hookimpls()):  # registration order: built-ins first
+        # registration order (built-ins first): it only orders the plugins a conflict message names
+        for impl in reversed(self.hook_impls(REGISTER_HOOKS[kind])):
             self.call_impl(impl, register=Register(catalog, impl.plugin_name))
         return catalog
 
@@ -229,12 +279,37 @@ class PluginHost:
         return result
 
     def hook_impls(self, hook_name: str) -> list[Any]:
-        """Implementations of one hook, in registration order."""
+        """Implementations of one hook in the order tlcore asks them: newest registration first, built-ins last.
+
+        This is pluggy's own call order (``tryfirst``/``trylast`` included), so a
+        ``firstresult`` hook answered from this list picks what pluggy would pick.
+        """
         return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+
+    def first_result(self, hook_name: str, **kwargs: Any) -> Any:
+        """The first non-None answer to a ``firstresult`` hook, asking in :meth:`hook_impls` order.
+
+        Unlike ``pm.hook.NAME(...)``, a plugin that raises is reported (see
+        :meth:`call_impl`) and the next one is asked.
+        """
+        for impl in self.hook_impls(hook_name):
+            answer = self.call_impl(impl, **kwargs)
+            if answer is not None:
+                return answer
+        return None
 
     def plugin_versions(self) -> dict[str, str | None]:
         """Plugin name to version, for config.json."""
         return {name: record.version for name, record in sorted(self.records.items()) if record.error is None}
+
+
+def _hook_hint(hook_name: str) -> str:
+    """``hook_name`` with the closest real hook name (a typo such as a singular), or the list of hooks."""
+    known = sorted(name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_"))
+    close = difflib.get_close_matches(hook_name, known, n=1, cutoff=0.6)
+    if close:
+        return f"{hook_name} (did you mean {close[0]}?)"
+    return f"{hook_name} (the hooks are {', '.join(known)})"
 
 
 def _api_version(text: str) -> tuple[int, int]:
@@ -342,7 +417,7 @@ def get_host() -> PluginHost:
     return _host
 
 
-def reset_host(load_installed: bool = True) -> PluginHost:
+def reset_host(*, load_installed: bool = True) -> PluginHost:
     """Start over with a fresh host (tests; after installing a plugin in-process)."""
     global _host
     _host = PluginHost(load_installed=load_installed)

@@ -5,7 +5,8 @@ suite gets them with no import; ``pytest -p tlcore.pytest_plugin`` loads them
 explicitly. Every name starts with ``tlcore_`` so none shadows a suite's own.
 
 - ``tlcore_host``: a fresh plugin host with the built-in parts and the tiny test
-  plugin (backbone ``test:tiny``, dataset ``test:shapes``), without installed
+  plugin ``tlcore.testing`` (backbone ``tlcore.testing:tiny``, dataset
+  ``tlcore.testing:shapes``: reserved names no plugin can take), without installed
   plugins, set as the process-wide host for the test (``tlcore.register``,
   ``tlcore.fit`` and the CLI use it); the previous host comes back afterwards.
 - ``tlcore_register(plugin, name=None)``: register a plugin (module or object)
@@ -61,10 +62,10 @@ def _tlcore_host_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def tlcore_host(_tlcore_host_guard: None) -> PluginHost:
     """A fresh process-wide plugin host: built-ins and the tiny test plugin, no installed plugins."""
     from tlcore import plugins
-    from tlcore.testing import TinyPlugin
+    from tlcore.testing import TINY_PLUGIN, TinyPlugin
 
     host = plugins.reset_host(load_installed=False)
-    host.register(TinyPlugin(), "tiny")
+    host.register(TinyPlugin(), TINY_PLUGIN)
     return host
 
 

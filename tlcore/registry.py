@@ -132,10 +132,12 @@ class Catalog:
             return answers[0]
         raise self._unknown(name)
 
-    def listing(self, pattern: str = "*", with_info: bool = False) -> list[Listing]:
+    def listing(self, pattern: str = "*", *, with_info: bool = False) -> list[Listing]:
         """Every known name matching ``pattern``, sorted, with the plugin that provides it."""
         rows: dict[str, Listing] = {}
         for family in self.families:
+            if not patterns_may_overlap(pattern, family.pattern):  # its names() may import a library (timm: 2-3 s)
+                continue
             for name in self._family_names(family):
                 if fnmatch.fnmatchcase(name, pattern) and name not in rows:
                     info = family.info(name) if (with_info and family.info) else {}
@@ -148,10 +150,42 @@ class Catalog:
                 rows[name] = Listing(name, plugins, entries[0].description, dict(entries[0].meta))
         return [rows[name] for name in sorted(rows)]
 
-    def known_names(self) -> list[str]:
-        """All names, exact and from families; used for close-match suggestions."""
-        names = set(self.entries)
+    def declares_pretrained(self, name: str) -> bool | None:
+        """What the provider declared about pretrained weights for ``name``.
+
+        The ``pretrained=`` given to ``register(...)``, or the ``pretrained`` column of
+        a family's ``info(name)``; None when the provider declared nothing (or the name
+        is unknown, or two plugins answer for it).
+        """
+        exact = self.entries.get(name, [])
+        if len(exact) == 1:
+            declared = exact[0].meta.get("pretrained")
+            return None if declared is None else bool(declared)
+        if exact:
+            return None
         for family in self.families:
+            if family.info is not None and fnmatch.fnmatchcase(name, family.pattern):
+                try:
+                    if family.resolve(name) is None:
+                        continue
+                    declared = family.info(name).get("pretrained")
+                except Exception as error:  # a provider's bug is named, not mistaken for "nothing declared"
+                    raise PluginError(f"plugin {family.plugin} failed to describe {self.kind} {name!r}: {error}") from error
+                return None if declared is None else bool(declared)
+        return None
+
+    def known_names(self, near: str | None = None) -> list[str]:
+        """All names, exact and from families; used for close-match suggestions.
+
+        With ``near``, only the families whose pattern matches ``near`` are
+        listed (``torchvision:resnt18`` lists no ``timm:`` names, whose listing
+        imports timm); every family when none matches it.
+        """
+        names = set(self.entries)
+        families = self.families
+        if near is not None:
+            families = [f for f in self.families if fnmatch.fnmatchcase(near, f.pattern)] or self.families
+        for family in families:
             names.update(self._family_names(family))
         return sorted(names)
 
@@ -168,12 +202,12 @@ class Catalog:
         )
 
     def _unknown(self, name: str) -> UnknownNameError:
-        known = self.known_names()
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        if not close and ":" in name:  # compare the model part alone: "torchvision:resnt18" ~ "resnet18"
-            tail = name.split(":", 1)[1]
-            by_tail = {k.split(":", 1)[-1]: k for k in known}
-            close = [by_tail[t] for t in difflib.get_close_matches(tail, list(by_tail), n=3, cutoff=0.6)]
+        # the provider the name points at first; every provider's names only when it has nothing close
+        known = self.known_names(near=name)
+        close = _close_names(name, known)
+        if not close:
+            known = self.known_names()
+            close = _close_names(name, known)
         if close:
             hint = f"did you mean {', '.join(close)}?"
         elif len(known) <= 12:
@@ -183,3 +217,41 @@ class Catalog:
         if self.failed_plugins:
             hint += f" (plugins that failed to load: {', '.join(self.failed_plugins)}; see `tlcore plugins`)"
         return UnknownNameError(f"unknown {LABELS[self.kind]} {name!r}; {hint}")
+
+
+def _close_names(name: str, known: list[str]) -> list[str]:
+    """Up to three names of ``known`` close to ``name``; for ``provider:model``, also by the model part alone."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if not close and ":" in name:  # compare the model part alone: "torchvision:resnt18" ~ "resnet18"
+        tail = name.split(":", 1)[1]
+        by_tail = {k.split(":", 1)[-1]: k for k in known}
+        close = [by_tail[t] for t in difflib.get_close_matches(tail, list(by_tail), n=3, cutoff=0.6)]
+    return close
+
+
+_WILDCARDS = "*?["
+
+
+def patterns_may_overlap(first: str, second: str) -> bool:
+    """Whether some name could match both fnmatch patterns (case-sensitive); False only when none can.
+
+    A conservative test on the literal text before the first wildcard and after
+    the last one: every name ``timm:*`` matches starts with ``timm:``, so none
+    matches ``torchvision:res*``. Used to skip a family's ``names()`` (which
+    may import a large library) when it cannot answer a listing's pattern.
+    """
+
+    def prefix(pattern: str) -> str:
+        cut = min((pattern.index(c) for c in _WILDCARDS if c in pattern), default=len(pattern))
+        return pattern[:cut]
+
+    def suffix(pattern: str) -> str:
+        # after the last wildcard or class end; a literal "]" only shortens it, which stays conservative
+        cut = max((pattern.rindex(c) for c in "*?]" if c in pattern), default=-1)
+        return pattern[cut + 1 :] if any(c in pattern for c in _WILDCARDS) else pattern
+
+    a, b = prefix(first), prefix(second)
+    if not (a.startswith(b) or b.startswith(a)):
+        return False
+    a, b = suffix(first), suffix(second)
+    return a.endswith(b) or b.endswith(a)

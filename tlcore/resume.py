@@ -9,6 +9,7 @@ callbacks' state, Python and NumPy generators, the configuration).
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ import numpy as np
 import torch
 
 from tlcore.background import BackgroundWrite
-from tlcore.errors import ConfigError
+from tlcore.errors import ConfigError, ResourceError
 from tlcore.files import atomic_save_tensors
-from tlcore.weights import read_weights_file
+from tlcore.messages import first_line
+from tlcore.weights import read_weights_file, strip_prefix
 
 STATE_FILE = "train_state.safetensors"
 FORMAT = "tlcore-train-state"
@@ -63,12 +65,16 @@ def save_train_state(
     record: dict,
     running: dict[str, torch.Tensor],
     writer: BackgroundWrite | None = None,
+    ema=None,
 ) -> None:
     """Write the state atomically; ``record`` holds the position (epoch, epoch_step, step, ...).
 
+    ``ema``: the weights' moving average (--ema), saved as ``ema.*`` tensors.
     Everything is copied now; with ``writer`` the serialising and writing happen on its thread.
     """
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().clone().contiguous() for k, v in ema.state_dict().items()})
     optimizer_state = optimizer.state_dict()
     plain_state: dict[str, dict] = {}
     for index, values in optimizer_state["state"].items():
@@ -101,7 +107,10 @@ def save_train_state(
     metadata = {"tlcore_train_state": json.dumps(full_record)}
 
     def write() -> None:
-        atomic_save_tensors(Path(path), tensors, metadata)
+        try:
+            atomic_save_tensors(Path(path), tensors, metadata)
+        except ResourceError as error:  # disk full: the last complete state stays, and the run can go on from it
+            raise ResourceError(f"{error}; free space, then resume with: tlcore run --resume {Path(path).parent}") from error
 
     if writer is None:
         write()
@@ -129,22 +138,93 @@ def load_train_state(run_dir: Path) -> TrainState:
     if missing or not any(k.startswith("model.") for k in weights.tensors) or "rng.torch" not in weights.tensors:
         what = ", ".join(missing) or "model or generator tensors"
         raise ConfigError(f"{path} is a damaged training state (missing {what}); it cannot be resumed")
-    if not isinstance(record["config"], dict) or not isinstance(record["history"], list):
-        raise ConfigError(f"{path} is a damaged training state (config or history of the wrong type)")
+    try:
+        validate_record(record)
+    except _Damaged as damage:
+        raise ConfigError(f"{path} is a damaged training state ({damage}); it cannot be resumed") from None
     return TrainState(weights.tensors, record)
 
 
-def restore_train_state(state: TrainState, *, model, optimizer, scheduler, scaler, callbacks) -> dict[str, torch.Tensor]:
-    """Put everything back; returns the epoch's running sums."""
+class _Damaged(Exception):
+    """A field of the training-state record that does not hold what the format says (becomes a ConfigError)."""
+
+
+def _count(record: dict, key: str) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**53:
+        raise _Damaged(f"{key} must be a non-negative integer, got {_shown(value)}")
+    return value
+
+
+def _shown(value: object) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(record: dict, key: str, kind: type) -> None:
+    if not isinstance(record[key], kind):
+        raise _Damaged(
+            f"{key} must be a{'n' if kind is dict else ''} {'object' if kind is dict else kind.__name__}, "
+            f"got {_shown(record[key])}"
+        )
+
+
+def validate_record(record: dict) -> None:
+    """Check a training-state record's fields before anything uses them; raises _Damaged naming the first bad one.
+
+    epoch, epoch_step, step and epoch_images are non-negative integers; history
+    holds one object per completed epoch (``epoch`` numbered from 1, a finite
+    ``val_acc``); config, scheduler, scaler and callbacks are objects (callbacks'
+    values too); the optimizer has a list of param_groups and a state object;
+    the random generators' states have the shapes Python and NumPy write.
+    """
+    epoch = _count(record, "epoch")
+    for key in ("epoch_step", "step", "epoch_images"):
+        _count(record, key)
+    for key in ("config", "scheduler", "scaler", "callbacks", "optimizer", "rng"):
+        _kind(record, key, dict)
+    _kind(record, "history", list)
+    history = record["history"]
+    if len(history) != epoch:
+        raise _Damaged(f"history holds {len(history)} epochs but the state is at epoch {epoch}")
+    for number, metrics in enumerate(history, start=1):
+        if not isinstance(metrics, dict) or metrics.get("epoch") != number:
+            raise _Damaged(f"history entry {number} must be an object with epoch {number}, got {_shown(metrics)}")
+        for key, value in metrics.items():
+            if key in ("train_loss", "train_acc", "val_loss", "val_acc") and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
+                raise _Damaged(f"history entry {number}: {key} must be a number, got {_shown(value)}")
+        if not math.isfinite(metrics.get("val_acc", math.nan)):
+            raise _Damaged(f"history entry {number} has no finite val_acc")
+    if not all(isinstance(value, dict) for value in record["callbacks"].values()):
+        raise _Damaged("callbacks must map each callback's name to an object")
+    optimizer = record["optimizer"]
+    if not isinstance(optimizer.get("param_groups"), list) or not isinstance(optimizer.get("state"), dict):
+        raise _Damaged("optimizer must hold a list of param_groups and a state object")
+    rng = record["rng"]
+    python, numpy_state = rng.get("python"), rng.get("numpy")
+    if not (isinstance(python, list) and len(python) == 3 and isinstance(python[1], list)):
+        raise _Damaged("rng.python must be [version, [integers], gauss] as random.getstate() gives")
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 5 and isinstance(numpy_state[1], list)):
+        raise _Damaged("rng.numpy must be [name, [integers], pos, has_gauss, gauss] as numpy gives")
+
+
+def restore_train_state(
+    state: TrainState, *, model, optimizer, scheduler, scaler, callbacks, ema=None
+) -> dict[str, torch.Tensor]:
+    """Put everything back (the weights' moving average too, under --ema); returns the epoch's running sums."""
     try:
+        if ema is not None:  # every tensor of the average must be there, with its shape: strict
+            ema.load_state_dict(strip_prefix(state.tensors, "ema."))
         return _restore(state, model, optimizer, scheduler, scaler, callbacks)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"the training state does not fit this run (damaged, or another model): {first}") from error
 
 
 def _restore(state: TrainState, model, optimizer, scheduler, scaler, callbacks) -> dict[str, torch.Tensor]:
-    model.load_state_dict({k[len("model.") :]: v for k, v in state.tensors.items() if k.startswith("model.")})
+    model.load_state_dict(strip_prefix(state.tensors, "model."))
     saved = state.record["optimizer"]
     optimizer_state: dict[int, dict] = {int(i): dict(values) for i, values in saved["state"].items()}
     for key, value in state.tensors.items():
@@ -167,7 +247,7 @@ def _restore(state: TrainState, model, optimizer, scheduler, scaler, callbacks) 
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     numpy_state = state.record["rng"]["numpy"]
     np.random.set_state((numpy_state[0], np.array(numpy_state[1], dtype=np.uint32), *numpy_state[2:]))
-    return {k[len("running.") :]: v[0] for k, v in state.tensors.items() if k.startswith("running.")}
+    return {name: value[0] for name, value in strip_prefix(state.tensors, "running.").items()}
 
 
 def _jsonable(value):

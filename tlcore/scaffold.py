@@ -150,7 +150,7 @@ A tlcore plugin. It registers:
 ```bash
 pip install -e '.[test]'
 tlcore plugins                       # __NAME__ is listed with its hooks
-tlcore run --backbone __NAME__:small --weights none --dataset __NAME__:toy --epochs 2
+tlcore run --backbone __NAME__:small --dataset __NAME__:toy --epochs 2  # random init: no --weights
 pytest
 ```
 

@@ -14,6 +14,23 @@ from tlcore.config import RunConfig
 from tlcore.distributed import Distributed
 from tlcore.model import Classifier
 
+# Validation outputs above this many logits (N images x C classes; 128 MiB as float32) are not kept at the epoch's end.
+KEEP_VALIDATION_MAX = 2**25
+
+
+@dataclass
+class ValidationOutputs:
+    """One validation pass's per-image outputs, kept so the end of a run need not score the split again.
+
+    The viz report draws its figures from them; calibration (temperature
+    scaling) fits on them. Moved to the CPU once, at the end of the epoch.
+    """
+
+    epoch: int  # 1-based epoch of the model that produced them (the ``epoch`` of metrics.jsonl and checkpoints)
+    logits: torch.Tensor  # float32 [N, C] on the CPU; C = len(run.classes), columns in run.classes order
+    labels: torch.Tensor  # int64 [N], the true class of each image
+    indices: torch.Tensor  # int64 [N], each image's position in the validation split (``run.splits.val``)
+
 
 @dataclass
 class RunState:
@@ -41,6 +58,66 @@ class RunState:
     nonfinite_batches: int = 0  # batches skipped for a NaN or infinite loss (--skip-nonfinite)
     place: Distributed = field(default_factory=Distributed)  # rank and world size in a torch.distributed run
     pipeline: str = "loader"  # where batches come from: "memory" (held on the device) or "loader" (DataLoader)
+    threads: str = ""  # how compute threads and workers share the cores, in words (tlcore.threads), for the banner
+    precision: str = ""  # "float32" or "bf16 autocast" (tlcore.device.precision_phrase), for the banner
+    data_notes: list[str] = field(default_factory=list)  # said first: where validation came from, files skipped
+    flip_invariant: bool | None = None  # the data allows horizontal flips (DatasetSplits); checkpoints record it for TTA
+    splits: Any = None  # the run's DatasetSplits (raw images: ``splits.val[i]`` is the i-th validation image, label)
+    # the latest epoch's validation outputs, and those of the epoch with the best val_acc (the first, on ties) seen by
+    # this process; None when not kept (a distributed run, unreadable validation images, a split over
+    # KEEP_VALIDATION_MAX logits, or the best epoch ran before a resume)
+    last_validation: ValidationOutputs | None = None
+    best_validation: ValidationOutputs | None = None
+    # checkpoint file name -> the 1-based epoch of the model it holds, for files written by this process
+    saved_epochs: dict[str, int] = field(default_factory=dict)
+    # --ema: the moving average of ``model``'s weights (a Classifier like it), or None
+    ema: Any = None
+
+    def checkpoint_model(self, metrics: dict) -> torch.nn.Module:
+        """The weights an epoch's checkpoint holds: the moving average when its metrics say it validated
+        better (``checkpoint_weights`` "ema", under --ema), else the model."""
+        if self.ema is not None and metrics.get("checkpoint_weights") == "ema":
+            return self.ema
+        return self.model
+    # temperature scaling (tlcore.calibration), fitted by :meth:`calibrate` on each epoch's validation logits:
+    # the 1-based epoch -> its temperature (1.0 where none was fitted), and the current epoch's details
+    temperatures: dict[int, float] = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    def calibrate(self) -> None:
+        """Fit the temperature of the epoch just validated on its validation logits (``last_validation``).
+
+        Called once per epoch before the checkpoints are written, so every
+        checkpoint carries the temperature of its own model in the same atomic
+        write. With --no-calibrate, or when the logits were not kept (a
+        distributed run, unreadable validation images, a split over
+        KEEP_VALIDATION_MAX logits), the temperature is 1.0 and
+        ``calibration["reason"]`` says why.
+        """
+        from tlcore.calibration import temperature_fit
+
+        epoch = self.epoch + 1
+        kept = self.last_validation
+        temperature, details = 1.0, {}
+        if not self.config.calibrate:
+            details = {"reason": "--no-calibrate"}
+        elif kept is None or kept.epoch != epoch or kept.logits.numel() == 0:
+            details = {"reason": "the validation logits of this epoch were not kept"}
+        elif not bool(torch.isfinite(kept.logits).all()):
+            details = {"reason": "the validation logits are not all finite"}
+        else:
+            fit = temperature_fit(kept.logits, kept.labels)
+            temperature = fit.temperature
+            details = {
+                "method": "temperature scaling (LBFGS on the validation NLL)",
+                "epoch": epoch,
+                "images": fit.images,
+                "nll_before": fit.nll_before,
+                "nll_after": fit.nll_after,
+                **({"reason": fit.reason} if fit.reason else {}),
+            }
+        self.temperatures[epoch] = temperature
+        self.calibration = details
 
     def checkpoint_info(self, metrics: dict) -> CheckpointInfo:
         """What a checkpoint of the model at this point must carry to rebuild it alone."""
@@ -54,17 +131,43 @@ class RunState:
             epoch=self.epoch + 1,
             metrics=dict(metrics),
             weights=self.backbone.weights,
-            data=self.data_identity(),
+            data={
+                **self.data_identity(),
+                **({"flip_invariant": self.flip_invariant} if self.flip_invariant is not None else {}),
+            },
+            temperature=self.temperatures.get(self.epoch + 1, 1.0),
+            calibration=dict(self.calibration) if self.temperatures.get(self.epoch + 1) is not None else {},
         )
 
     def data_identity(self) -> dict:
-        """What determines the images and the split: dataset, data_dir, seed, val_fraction."""
+        """What determines the images and the split: dataset, data_dir, seed, val_fraction (folds and fold in cv).
+
+        Also ``options``: the options plugins declare (tlcore.plugin_options), where any are.
+        """
+        folds = {"folds": self.config.folds, "fold": self.config.fold} if self.config.folds is not None else {}
         return {
             "dataset": self.config.dataset,
             "data_dir": self.config.data_dir,
             "seed": self.config.seed,
             "val_fraction": self.config.val_fraction,
+            **folds,
+            **({"options": dict(self.config.plugin_options)} if self.config.plugin_options else {}),
         }
+
+    def keep_validation(self, outputs: ValidationOutputs | None, val_acc: float) -> None:
+        """Keep an epoch's validation outputs (None: not kept) as the latest, and as the best when it is.
+
+        Call it before the epoch's metrics join ``history``. The epoch is the
+        best when ``val_acc`` beats every earlier epoch's (the rule of the
+        checkpoint callback: the first epoch with the highest val_acc; under
+        --ema, of the weights held: pass ``tlcore.ema.held_val_acc(metrics)``).
+        """
+        from tlcore.ema import held_val_acc  # under --ema: the accuracy of the weights the checkpoints held
+
+        self.last_validation = outputs
+        epoch = self.epoch + 1
+        if all(val_acc > held_val_acc(m) for m in self.history if m["epoch"] < epoch):
+            self.best_validation = outputs
 
     def running_loss(self) -> float | None:
         """Mean training loss so far this epoch (synchronises with the device)."""

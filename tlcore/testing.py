@@ -14,8 +14,11 @@ from tlcore.dataset import DatasetOptions, DatasetSplits, TensorImageDataset
 from tlcore.hookspecs import hookimpl
 from tlcore.registry import Register
 
-TINY_BACKBONE = "test:tiny"
-TINY_DATASET = "test:shapes"
+# The test plugin's names take the reserved ``tlcore.`` prefix, which no installable plugin can have
+# (`tlcore new-plugin` accepts lowercase words only), so a plugin's own tests never collide with them.
+TINY_PLUGIN = "tlcore.testing"
+TINY_BACKBONE = f"{TINY_PLUGIN}:tiny"
+TINY_DATASET = f"{TINY_PLUGIN}:shapes"
 # Metrics that measure the machine (time, memory): they differ between identical runs.
 MEASURED_METRICS = ("seconds", "images_per_second", "peak_host_mb", "peak_gpu_mb", "peak_gpu_reserved_mb")
 
@@ -124,7 +127,7 @@ def write_cifar10(root, train_per_batch: int = 4, test_images: int = 10, seed: i
     return Path(root)
 
 
-def write_image_folder(root, classes=("ants", "bees"), per_class: int = 6, size: int = 24, val: bool = True):
+def write_image_folder(root, classes=("ants", "bees"), per_class: int = 6, size: int = 24, *, val: bool = True):
     """Write a JPEG tree root/train/<class>/*.jpg (and root/val/... when ``val``). Returns ``root``."""
     from pathlib import Path
 

@@ -1,19 +1,24 @@
 """The training loop: one for every backbone, dataset, device and plugin.
 
-Reads top to bottom: resolve the components, build the data and the model,
-then train epoch by epoch. The loss and accuracy accumulate on the device and
-are read once per epoch, so a GPU is never stalled by the host step by step.
-After every epoch, and on Ctrl-C or SIGTERM at the next step, the whole
-training state is saved so `tlcore run --resume RUN_DIR` continues exactly.
+:func:`fit` reads top to bottom as the run goes: start the processes, build
+the parts and the optimisation, open the run folder, take the cached-feature
+path when asked, restore a resumed position, then epoch by epoch: begin the
+epoch, train it (:mod:`tlcore.loop`), evaluate, record. After every epoch, and
+on Ctrl-C or SIGTERM at the next step, the whole training state is saved so
+`tlcore run --resume RUN_DIR` continues exactly. However the run ends, the
+callbacks hear of it (``on_exception``, ``on_fit_end``) and the process group
+is left.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import dataclasses
 import random
 import shutil
-import time
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,35 +27,43 @@ from torch import nn
 
 from tlcore import distributed
 from tlcore.background import BackgroundWrite
-from tlcore.balance import balanced_weights, class_weights, dataset_labels
+from tlcore.balance import class_weights
 from tlcore.batches import MemoryBatches, storage_device
-from tlcore.build import (
-    build_backbone,
-    build_callbacks,
-    build_dataset,
-    build_head,
-    build_policy,
-    read_weights_option,
-    resolve_image_size,
-    reuse_checkpoint_head,
-)
 from tlcore.callbacks.base import CallbackList
 from tlcore.compiled import compile_failure_summary, compile_model, is_compile_failure
 from tlcore.config import RunConfig, build_config
-from tlcore.data import EpochSampler
-from tlcore.device import autocast_dtype, pick_device
-from tlcore.errors import ConfigError, DataError, ResourceError, TlcoreError
-from tlcore.feature_cache import compute_features, fingerprint, remove_spill_files
-from tlcore.freeze import Phase, apply_trainable, policy_phases
-from tlcore.interrupt import RunInterrupted, StopRequest
+from tlcore.device import autocast_dtype, pick_device, precision_phrase
+from tlcore.distributed import Distributed
+from tlcore.ema import ema_of, held_val_acc, make_ema
+from tlcore.errors import ConfigError, ResourceError, TlcoreError
+from tlcore.feature_cache import CachedFeatures, compute_features, fingerprint, remove_spill_files
+from tlcore.freeze import apply_trainable
+from tlcore.interrupt import StopRequest
+from tlcore.loop import (
+    NonFiniteLoss,
+    end_epoch,
+    epoch_metrics,
+    evaluate,
+    keeps_validation,
+    noting_unreadable,
+    save_and_interrupt,
+    start_epoch_sums,
+    train_epoch,
+    validation_outputs,
+)
+from tlcore.lr_find import LrFinding
 from tlcore.memory import PeakMemory, is_out_of_memory, out_of_memory_message
+from tlcore.mixing import Mixing
 from tlcore.model import Classifier
-from tlcore.optim import make_optimizer, make_scheduler, parameter_groups
-from tlcore.pipeline import build_pipeline
+from tlcore.optim import Optimisation, make_optimizer, make_scheduler, parameter_groups
+from tlcore.parts import Parts, build_parts
+from tlcore.pipeline import Batches
 from tlcore.plugins import PluginHost, get_host
-from tlcore.resume import STATE_FILE, load_train_state, restore_train_state, save_train_state
-from tlcore.rundir import create_output_dir, write_run_config
+from tlcore.resume import TrainState, load_train_state, restore_train_state
+from tlcore.rundir import create_output_dir, lock_run_folder, release_run_folder, write_run_config
 from tlcore.state import RunState
+
+__all__ = ["NonFiniteLoss", "RunResult", "evaluate", "fit", "resume", "seed_everything"]
 
 
 @dataclass
@@ -68,6 +81,58 @@ class RunResult:
         return max(self.history, key=lambda m: m["val_acc"])
 
 
+def resume(run_dir: Path, host: PluginHost | None = None) -> RunResult:
+    """Continue an interrupted run from its folder, with the configuration it was started with."""
+    saved = load_train_state(Path(run_dir))
+    return fit(build_config(overrides=saved.config), host, resume_from=Path(run_dir))
+
+
+def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | None = None) -> RunResult:
+    """Train one run as configured and return its results; writes the run folder (rank 0 only).
+
+    ``resume_from``: a run folder whose saved state to continue from (see :func:`resume`).
+    Raises a TlcoreError subclass for anything a user can fix (RunInterrupted on Ctrl-C or SIGTERM,
+    NonFiniteLoss, ResourceError when memory runs out, ConfigError when --compile fails).
+    """
+    host = host or get_host()
+    saved = load_train_state(resume_from) if resume_from is not None else None
+    with started_processes(config) as (world, device):
+        config, lr_finding = settle_lr(config, host, world, device)
+        parts = build_parts(config, host, world, device, resuming=saved is not None)
+        optim = build_optimisation(config, parts, device, world)
+        run = open_run(config, host, world, device, parts, optim, resume_from=resume_from, lr_finding=lr_finding)
+        writer, memory = BackgroundWrite(), PeakMemory(device)
+        with finishing(run, parts.callbacks, writer) as end:
+            source = cached_feature_batches(run, parts, optim, end) if config.cache_features else image_batches(run, parts)
+            start = restore_position(saved, run, optim, parts.callbacks)
+            parts.callbacks.on_fit_start(run)
+            end.started = True
+            with StopRequest() as stop:
+                for epoch in range(start.epoch, config.epochs):
+                    trainable, forward = begin_epoch(run, parts, source, epoch, start)
+                    end.stage = "training"
+                    sums = start_epoch_sums(run, start.running if begins_mid_epoch(start, epoch) else {}, memory)
+                    parts.callbacks.on_epoch_start(run)
+                    train_epoch(run, forward, source.train, optim, parts.callbacks, stop, sums)
+                    end.stage = "validation"
+                    val_batches = noting_unreadable(source.val, run)  # unreadable validation images count too
+                    kept = [] if keeps_validation(run) else None  # the logits, for the report and calibration
+                    kept_ema = [] if kept is not None and optim.ema is not None else None
+                    amp = optim.amp_dtype
+                    val = None if stop.requested else evaluate(source.forward, val_batches, device, amp, stop, kept=kept)
+                    ema_val = None if val is None else evaluate_ema(run, parts, source, optim, stop, kept_ema)
+                    if distributed.any_across(ema_val is None, world, device):  # a signal reached any process (either pass)
+                        writer.wait()  # the last epoch's state lands before the mid-epoch one replaces it
+                        raise save_and_interrupt(run, stop, optim, parts.callbacks, sums)
+                    metrics = epoch_metrics(run, sums, val, optim, memory, trainable, ema_val)
+                    ema_saved = metrics.get("checkpoint_weights") == "ema"  # the checkpoint holds the average's weights
+                    held = validation_outputs(run, kept_ema if ema_saved else kept, (ema_val if ema_saved else val)[2])
+                    run.keep_validation(held, held_val_acc(metrics))  # judged as best.safetensors is
+                    if end_epoch(run, metrics, parts.callbacks, optim, writer):
+                        break
+    return RunResult(run.output_dir, run.history, config, parts.model)
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a run draws from (Python, NumPy, torch on all devices)."""
     random.seed(seed)
@@ -75,51 +140,113 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype, stop: StopRequest | None = None):
-    """Summed plain cross-entropy, correct count and image count over a batch source; None if a stop came first."""
-    model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")  # plain: val_loss compares across runs whatever the training loss
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    for images, labels, _ in batches:  # unreadable validation images were noted by the dataset and left out
-        if stop is not None and stop.requested:
-            return None
-        if labels.numel() == 0:
-            continue
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss_sum += criterion(logits.float(), labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += labels.numel()
-    return loss_sum, correct, seen
+@contextlib.contextmanager
+def started_processes(config: RunConfig) -> Iterator[tuple[Distributed, torch.device]]:
+    """Pick the device, join the process group (under torchrun), seed; leave the group however the run ends.
+
+    Yields this process's place in the run and its device.
+    """
+    device = pick_device(config.device)
+    world = distributed.setup(device)
+    try:
+        device = distributed.local_device(device, world)
+        seed_everything(config.seed)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every training batch has one shape: autotune the convolutions once
+        yield world, device
+    finally:
+        release_run_folder()  # the run folder is free for a --resume as soon as the run ends
+        distributed.teardown(world)
 
 
-class NonFiniteLoss(TlcoreError):
-    """The loss became NaN or infinite."""
+def build_optimisation(
+    config: RunConfig, parts: Parts, device: torch.device, world: Distributed | None = None
+) -> Optimisation:
+    """Optimizer, schedule, loss, autocast dtype, gradient scaler, mixing, weight average and clipping.
+
+    The groups are built once, whatever unfreezes. Under --mixup/--cutmix the
+    loss is the cross-entropy against the mixed, already smoothed soft
+    targets (tlcore.mixing), class weights scaling each class's term (the mean
+    is then over images, PyTorch's rule for probability targets).
+    """
+    optimizer = make_optimizer(parameter_groups(parts.backbone, parts.head, config), config, device)
+    scheduler = make_scheduler(optimizer, config, parts.steps_per_epoch)
+    loss_weights = None
+    if config.class_weights:
+        loss_weights = class_weights(config.class_weights, parts.train_labels, parts.data.classes).to(device)
+    mixing = make_mixing(config, len(parts.data.classes), world.rank if world is not None else 0)
+    smoothing = 0.0 if mixing is not None else config.label_smoothing  # mixing smooths its targets itself
+    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=smoothing)
+    amp_dtype = autocast_dtype(device, config.amp, config.backbone)  # on the CPU: bf16 only for families measured faster
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 needs none
+    average = make_ema(parts.model, config.ema) if config.ema is not None else None
+    clip = (config.clip_mode, config.clip_grad) if config.clip_grad is not None else None
+    return Optimisation(optimizer, scheduler, criterion, amp_dtype, scaler, loss_weights, mixing, average, clip)
 
 
-def note_unreadable(run: RunState, reasons: list[str], strict: bool) -> None:
-    """Remember images that could not be decoded; under --strict the first one stops the run."""
-    if reasons and strict:
-        raise DataError(f"{reasons[0]}; stopped by --strict (without it, such images are skipped and counted)")
-    for reason in reasons:
-        if reason not in run.unreadable:
-            run.unreadable.append(reason)
+def make_mixing(config: RunConfig, num_classes: int, rank: int) -> Mixing | None:
+    """The batch mixing --mixup/--cutmix ask for (draws keyed by seed and rank), or None when both are 0."""
+    if not (config.mixup > 0 or config.cutmix > 0):
+        return None
+    return Mixing(
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+        mix_prob=config.mix_prob,
+        switch_prob=config.mix_switch_prob,
+        smoothing=config.label_smoothing,
+        num_classes=num_classes,
+        seed=config.seed,
+        rank=rank,
+    )
 
 
-def epoch_sums(saved: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The epoch's running loss sum and correct count, on the device: zero, or as saved mid-epoch."""
-    loss_sum = saved.get("loss_sum", torch.zeros((), dtype=torch.float64))
-    correct = saved.get("correct", torch.zeros((), dtype=torch.int64))
-    return loss_sum.to(device, torch.float64), correct.to(device, torch.int64)
+def settle_lr(
+    config: RunConfig, host: PluginHost, world: Distributed, device: torch.device
+) -> tuple[RunConfig, LrFinding | None]:
+    """``--lr auto``: run the range test (tlcore.lr_find, on a fresh model) and train at its suggestion.
+
+    Returns the configuration with the rate to use and the test (None when
+    the rate was given). Every process uses rank 0's suggestion; the
+    generators are seeded again after the test, so the run draws what it
+    would at that rate given outright. ConfigError when no finite loss was
+    measured.
+    """
+    if config.lr != "auto":
+        return config, None
+    from tlcore.lr_find import find_lr, render_finding
+
+    finding = find_lr(config, host, world, device)
+    if finding.suggestion is None:
+        raise ConfigError(f"--lr auto: the LR range test measured no finite loss ({finding.stopped}); give --lr")
+    suggestion = distributed.sum_across([finding.suggestion if world.is_main else 0.0], world, device)[0]
+    if world.is_main:
+        print(render_finding(finding), file=sys.stderr, flush=True)
+    seed_everything(config.seed)
+    return dataclasses.replace(config, lr=suggestion), finding
 
 
-def check_free_space(output_dir: Path, model: nn.Module, optimizer: str) -> None:
-    """Fail before training when the disk cannot hold the checkpoints and the training state."""
+def evaluate_ema(
+    run: RunState, parts: Parts, source: Source, optim: Optimisation, stop: StopRequest, kept: list | None = None
+) -> tuple | None:
+    """Validate the weights' moving average (--ema) as the model was: its sums, () without --ema, None on a stop.
+
+    ``kept``: as :func:`tlcore.loop.evaluate`'s, for the average's logits.
+    """
+    if optim.ema is None:
+        return ()
+    distributed.sync_buffers(optim.ema.module, run.place)  # every process validates rank 0's averaged statistics
+    averaged = ema_of(optim.ema, parts.model, source.module)  # the head alone on the cached-feature path
+    return evaluate(averaged, source.val, run.device, optim.amp_dtype, stop, kept=kept)
+
+
+def check_free_space(output_dir: Path, model: nn.Module, optimizer: str, averaged: bool = False) -> None:
+    """Fail before training when the disk cannot hold the checkpoints and the training state.
+
+    ``averaged``: the state also holds the weights' moving average (--ema).
+    """
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     optimizer_copies = 2 if optimizer == "adamw" else 1  # AdamW keeps two moments per weight, SGD one momentum
+    optimizer_copies += 1 if averaged else 0
     needed = int(model_bytes * (2 + 1 + optimizer_copies) * 1.2) + (16 << 20)  # best, last, state; 20% and 16 MB slack
     free = shutil.disk_usage(output_dir).free
     if free < needed:
@@ -128,321 +255,235 @@ def check_free_space(output_dir: Path, model: nn.Module, optimizer: str) -> None
         )
 
 
-def check_cache_features(config: RunConfig, phases: list[Phase]) -> None:
-    """The fast path is exact only when nothing in the backbone changes: every group frozen, statistics too."""
-    training = [phase for phase in phases if phase.trainable]
-    if training:
-        phase = training[0]
-        raise ConfigError(
-            f"--cache-features needs a backbone frozen for the whole run, but freeze policy {config.freeze!r} trains "
-            f"{', '.join(phase.trainable)} from epoch {phase.first_epoch + 1}; use --freeze backbone"
-        )
-    if config.bn_mode != "frozen":
-        raise ConfigError("--cache-features needs --bn-mode frozen: with 'train' the backbone's statistics change")
+def open_run(
+    config: RunConfig,
+    host: PluginHost,
+    world: Distributed,
+    device: torch.device,
+    parts: Parts,
+    optim: Optimisation,
+    *,
+    resume_from: Path | None,
+    lr_finding: LrFinding | None = None,
+) -> RunState:
+    """The run folder (created by rank 0, with config.json, only once everything above has worked) and the RunState.
 
-
-def resume(run_dir: Path, host: PluginHost | None = None) -> RunResult:
-    """Continue an interrupted run from its folder, with the configuration it was started with."""
-    state = load_train_state(Path(run_dir))
-    return fit(build_config(overrides=state.config), host, resume_from=Path(run_dir))
-
-
-def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | None = None) -> RunResult:
-    """Train one run as configured and return its results; writes the run folder (rank 0 only)."""
-    host = host or get_host()
-    state = load_train_state(resume_from) if resume_from is not None else None
-    device = pick_device(config.device)
-    place = distributed.setup(device)
-    device = distributed.local_device(device, place)
-    seed_everything(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every training batch has one shape: autotune the convolutions once
-
-    # -- components, by name, from the plugins ------------------------------
-    data = build_dataset(config, host)
-    weights_file = read_weights_option(config) if state is None else None  # --weights PATH; resuming has its own
-    backbone = build_backbone(config, host, config.image_size or data.preferred_image_size, weights_file)
-    image_size = resolve_image_size(config, backbone, data)
-    head = build_head(config, host, backbone.feature_dim, len(data.classes))
-    head_reused = reuse_checkpoint_head(config, head, data.classes, weights_file)
-    policy = build_policy(config, host)
-    group_names = [group.name for group in backbone.layer_groups]
-    phases = policy_phases(policy, group_names, config.epochs)  # asked up front: bad options fail before any work
-    if not any(p.requires_grad for p in head.parameters()):
-        idle = [phase for phase in phases if not phase.trainable]
-        if idle:
-            raise ConfigError(
-                f"nothing would train in epoch {idle[0].first_epoch + 1}: head {config.head!r} has no trainable "
-                f"parameters and freeze policy {config.freeze!r} freezes every layer group then"
-            )
-    if config.cache_features:
-        check_cache_features(config, phases)
-    callbacks = CallbackList(build_callbacks(config, host) if place.is_main else [])
-    model = Classifier(distributed.sync_batchnorm(backbone.module, config.sync_bn, place, device), head)
-
-    # -- data: the backbone's preprocessing; order and augmentation follow the seed ----
-    needs_labels = config.class_weights is not None or config.balanced_sampler
-    train_labels = dataset_labels(data.train) if needs_labels else None
-    draw_weights = balanced_weights(train_labels, len(data.classes)) if config.balanced_sampler else None
-    train_sampler = EpochSampler(len(data.train), config.seed, True, draw_weights, place.rank, place.world_size)
-    val_sampler = EpochSampler(len(data.val), config.seed, False, None, place.rank, place.world_size, even=False)
-    pipeline = build_pipeline(config, data, backbone.preprocessing, image_size, device, train_sampler, val_sampler)
-    memory_format = torch.channels_last if pipeline.channels_last else torch.preserve_format
-    model = model.to(device, memory_format=memory_format)
-    micro_batches = len(pipeline.train)  # batches of --batch-size; --accumulate of them make one optimizer step
-    steps_per_epoch = math.ceil(micro_batches / config.accumulate)
-
-    # -- optimisation: groups built once, whatever the policy unfreezes later -
-    optimizer = make_optimizer(parameter_groups(backbone, head, config), config, device)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    weights = class_weights(config.class_weights, train_labels, data.classes).to(device) if config.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    amp_dtype = autocast_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 needs none
-
-    # -- the run folder: created (by rank 0) only once everything above has worked ----
-    if state is not None:
-        output_dir = Path(resume_from)
-    elif place.is_main:
+    ``resume_from``: the folder of the run being resumed, used as it is. ``lr_finding``: the range test
+    behind --lr auto, recorded in config.json.
+    """
+    if resume_from is not None:  # one process per folder: rank 0 holds the lock (the CLI took it at once already)
+        output_dir = lock_run_folder(Path(resume_from)) if world.is_main else Path(resume_from)
+    elif world.is_main:
         output_dir = create_output_dir(config)
-        check_free_space(output_dir, model, config.optimizer)
+        check_free_space(output_dir, parts.model, config.optimizer, averaged=optim.ema is not None)
+        effective_batch = config.batch_size * config.accumulate * world.world_size
         write_run_config(
             output_dir,
             config,
             host,
-            device,
-            backbone,
-            data,
-            image_size,
-            phases,
-            weights,
-            head_reused,
-            callbacks.names(),
-            amp_dtype,
-            {**pipeline.describe(), "effective_batch": config.batch_size * config.accumulate * place.world_size},
+            device=device,
+            backbone=parts.backbone,
+            data=parts.data,
+            image_size=parts.image_size,
+            phases=parts.phases,
+            class_weights=optim.loss_weights,
+            head_reused=parts.head_reused,
+            head_classes=parts.head_reuse.to_dict() if parts.head_reuse is not None else None,
+            callback_names=parts.callbacks.names(),
+            amp_dtype=optim.amp_dtype,
+            data_path={**parts.pipeline.describe(), "effective_batch": effective_batch},
+            lr_find=lr_finding.summary() if lr_finding is not None else None,
         )
     else:
         output_dir = Path(config.output or "")
-    run = RunState(
-        config,
-        output_dir,
-        model,
-        backbone,
-        data.classes,
-        device,
-        optimizer,
-        scheduler,
-        image_size,
-        steps_per_epoch,
-        place=place,
-        pipeline=pipeline.kind,
+    return RunState(
+        config=config,
+        output_dir=output_dir,
+        model=parts.model,
+        backbone=parts.backbone,
+        classes=parts.data.classes,
+        device=device,
+        optimizer=optim.optimizer,
+        scheduler=optim.scheduler,
+        image_size=parts.image_size,
+        steps_per_epoch=parts.steps_per_epoch,
+        place=world,
+        pipeline=parts.pipeline.kind,
+        threads=parts.pipeline.budget.banner() if parts.pipeline.budget is not None else "",
+        precision=precision_phrase(device, optim.amp_dtype, config.backbone),
+        data_notes=parts.data.run_notes() + (parts.head_reuse.notes() if parts.head_reuse is not None else []),
+        flip_invariant=parts.data.flip_invariant,
+        splits=parts.data,
+        ema=optim.ema.module if optim.ema is not None else None,
     )
-    memory = PeakMemory(device)
-    state_writer = BackgroundWrite()
-    phase = "feature caching" if config.cache_features else "training"  # what was running if memory runs out
-    train_module, caches = model, []
-    train_batches, val_batches = pipeline.train, pipeline.val
-
-    try:
-        # -- the frozen-backbone fast path: features once, then the head alone ----
-        if config.cache_features:
-            key = fingerprint(
-                {
-                    "backbone": config.backbone,
-                    "weights": backbone.weights,
-                    "image_size": image_size,
-                    "preprocessing": backbone.preprocessing.to_dict(),
-                    "data": run.data_identity(),
-                    "sizes": [len(data.train), len(data.val)],
-                }
-            )
-            spill_dir = output_dir / ".feature-cache"
-            caches = [  # in dataset order, unaugmented
-                compute_features(backbone.module, source, len(split), device, amp_dtype, key, spill_dir, name)
-                for name, source, split in (
-                    ("train", pipeline.unaugmented("train"), data.train),
-                    ("val", pipeline.unaugmented("val"), data.val),
-                )
-            ]
-            # the same samplers as the slow path: the same images in the same order, cut from memory
-            bs, held_on = config.batch_size, storage_device([cache.features for cache in caches], device)
-            train_batches = MemoryBatches(caches[0].features, caches[0].labels, train_sampler, bs, device, None, 0, held_on)
-            val_batches = MemoryBatches(caches[1].features, caches[1].labels, val_sampler, bs, device, None, 0, held_on)
-            train_module, pipeline = head, None  # the images are not needed again: free the memory they hold
-        forward_model = compile_model(train_module) if config.compile else train_module
-
-        # -- resuming: every tensor, generator and counter as it was saved ------
-        start_epoch, start_step, running = 0, 0, {}
-        if state is not None:
-            running = restore_train_state(
-                state, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, callbacks=callbacks.callbacks
-            )
-            run.history = list(state.record["history"])
-            start_epoch, start_step, run.step = state.record["epoch"], state.record["epoch_step"], state.record["step"]
-
-        callbacks.on_fit_start(run)
-        trainable_now, step_model = None, forward_model
-        with StopRequest() as stop:
-            for epoch in range(start_epoch, config.epochs):
-                resumed = state is not None and epoch == start_epoch and start_step > 0
-                run.epoch, run.epoch_step = epoch, start_step if resumed else 0
-                run.epoch_images = state.record["epoch_images"] if resumed else 0
-                # the policy decides what trains this epoch; frozen layers stay in eval mode
-                trainable = policy.trainable_groups(group_names, epoch)
-                model.set_keep_in_eval(apply_trainable(model, backbone, trainable, config.bn_mode, policy))
-                if trainable != trainable_now and place.enabled:  # DDP must see the new set of trainable parameters
-                    step_model = distributed.wrap(train_module, place, device)
-                    step_model = compile_model(step_model) if config.compile else step_model
-                trainable_now = trainable
-                step_model.train()
-                model.train()
-                run.train_loss_sum, correct = epoch_sums(running if resumed else {}, device)
-                # resuming mid-epoch: skip the micro-batches of the optimizer steps already taken
-                train_sampler.set_epoch(epoch, run.epoch_step * config.accumulate * config.batch_size)
-                first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
-                remaining = len(train_batches)  # micro-batches left this epoch: the last step may take fewer
-                gradients = False  # whether this optimizer step has had a backward pass yet
-                phase = "training"
-                memory.reset()
-                started = time.perf_counter()
-                callbacks.on_epoch_start(run)
-
-                for micro, (images, labels, unreadable) in enumerate(train_batches):
-                    note_unreadable(run, unreadable, config.strict)
-                    if labels.numel() == 0 and place.enabled:  # the other processes would wait for its gradients
-                        first = unreadable[0] if unreadable else "no reason given"
-                        raise DataError(
-                            f"every image of a training batch on process {place.rank} was unreadable ({first}); "
-                            "a distributed run cannot skip a whole batch: remove or replace the unreadable images, "
-                            "or use a larger --batch-size"
-                        )
-                    in_step = min(config.accumulate, remaining - micro // config.accumulate * config.accumulate)
-                    last_of_step = (micro + 1) % config.accumulate == 0 or micro + 1 == remaining
-                    if labels.numel() == 0 and not last_of_step:  # every image of the batch was unreadable
-                        continue
-                    if labels.numel() > 0:
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                            logits = step_model(images)
-                            loss = criterion(logits.float(), labels)
-                        # the one opt-in host sync per step; processes agree, so they skip the same steps
-                        if config.skip_nonfinite and distributed.any_across(not torch.isfinite(loss), place, device):
-                            run.nonfinite_batches += 1
-                        else:
-                            # no sync: the first non-finite step is remembered on the device, read at the epoch's end
-                            first_nonfinite = torch.where(
-                                (first_nonfinite < 0) & ~torch.isfinite(loss.detach()), run.epoch_step + 1, first_nonfinite
-                            )
-                            # gradients add up over the step's micro-batches; DDP exchanges them once, at the last
-                            with distributed.no_sync(step_model, place, not last_of_step):
-                                scaler.scale(loss / in_step).backward()
-                            gradients = True
-                            # accumulate on the device: no host synchronisation per step
-                            run.train_loss_sum += loss.detach() * labels.numel()
-                            correct += (logits.detach().argmax(dim=1) == labels).sum()
-                            run.epoch_images += len(labels)
-                    if not last_of_step:
-                        continue
-                    if gradients:  # a step whose micro-batches were all skipped has none: the fp16 scaler needs some
-                        scaler.step(optimizer)  # parameters without a gradient (frozen) stay as they are
-                        scaler.update()
-                    gradients = False
-                    optimizer.zero_grad(set_to_none=True)  # None, not zero: frozen parameters get no update at all
-                    scheduler.step()
-                    run.step, run.epoch_step = run.step + 1, run.epoch_step + 1
-                    callbacks.on_train_batch_end(run)
-                    if distributed.stop_agreed(stop.requested, run.step, place, device):  # Ctrl-C or SIGTERM
-                        break
-
-                if device.type == "cuda":  # the clock must include the steps still queued on the GPU
-                    torch.cuda.synchronize(device)
-                train_seconds = time.perf_counter() - started
-                if int(first_nonfinite) >= 0:  # the weights are damaged from that step on: stop before saving them
-                    raise NonFiniteLoss(
-                        f"the training loss became NaN or infinite at epoch {epoch + 1}, step {int(first_nonfinite)}; "
-                        "nothing after the last completed epoch was saved; lower --lr, or pass --skip-nonfinite"
-                    )
-                distributed.sync_buffers(model, place)
-                phase = "validation"
-                val = None if stop.requested else evaluate(forward_model, val_batches, device, amp_dtype, stop)
-                if distributed.any_across(val is None, place, device):  # a signal reached any process
-                    state_writer.wait()  # the last epoch's state lands before the mid-epoch one replaces it
-                    raise _interrupt(run, stop, state_args=(scaler, callbacks, correct))
-                totals = distributed.sum_across(
-                    [run.train_loss_sum, correct, run.epoch_images, val[0], val[1], val[2]], place, device
-                )
-                metrics = {
-                    "epoch": epoch + 1,
-                    "train_loss": totals[0] / totals[2],
-                    "train_acc": totals[1] / totals[2],
-                    "val_loss": totals[3] / totals[5],
-                    "val_acc": totals[4] / totals[5],
-                    "lr": _rate_of_step(optimizer, scheduler, run.step - 1),
-                    "trainable_groups": list(trainable),
-                    "images_per_second": totals[2] / max(train_seconds, 1e-9),
-                    "unreadable_images": len(run.unreadable),
-                    "nonfinite_batches": run.nonfinite_batches,
-                    "seconds": time.perf_counter() - started,
-                    **distributed.max_across(memory.read(), place, device),
-                }
-                run.history.append(metrics)
-                state_writer.wait()  # files reach the disk in epoch order: the last state first
-                callbacks.on_epoch_end(run, metrics)
-                run.epoch_step, run.epoch_images = 0, 0
-                if place.is_main:
-                    _save(run, epoch + 1, scaler, callbacks, {}, state_writer)  # written while the next epoch trains
-                if distributed.broadcast_flag(run.should_stop, place, device):
-                    break
-    except Exception as error:
-        if is_out_of_memory(error):
-            message = out_of_memory_message(device, config.batch_size, config.accumulate, image_size, phase)
-            raise ResourceError(message) from error
-        if config.compile and is_compile_failure(error):
-            raise ConfigError(f"--compile failed: {compile_failure_summary(error)}; run without --compile") from error
-        raise
-    finally:
-        remove_spill_files(*caches)
-        state_writer.wait()  # whatever ended the run, the last completed epoch's state is on disk
-
-    callbacks.on_fit_end(run)
-    distributed.teardown(place)
-    return RunResult(output_dir, run.history, config, model)
 
 
-def _rate_of_step(optimizer: torch.optim.Optimizer, scheduler, step: int) -> float:
-    """The head's learning rate at optimizer step ``step`` (the scheduler has already moved past it)."""
-    return optimizer.param_groups[-1]["initial_lr"] * scheduler.lr_lambdas[-1](max(step, 0))
+@dataclass
+class Source:
+    """Where the epochs' batches come from, and the modules they go through."""
+
+    module: nn.Module  # what trains: the model, or the head alone on the cached-feature path
+    forward: nn.Module  # ``module``, compiled under --compile; validation runs it
+    train: Batches
+    val: Batches
+    step_forward: nn.Module  # what the training steps run: ``forward``, or DDP over ``module`` when distributed
+    wrapped_for: list[str] | None = None  # the trainable groups ``step_forward`` was built for
 
 
-def _save(
-    run: RunState, epoch: int, scaler, callbacks: CallbackList, running: dict, writer: BackgroundWrite | None = None
-) -> None:
-    """Write the resumable state: ``epoch`` is the one to continue with, at ``run.epoch_step``."""
-    save_train_state(
-        run.output_dir / STATE_FILE,
+def image_batches(run: RunState, parts: Parts) -> Source:
+    """The usual path: the pipeline's image batches through the whole model."""
+    return _source(run.config, parts.model, parts.pipeline.train, parts.pipeline.val)
+
+
+def cached_feature_batches(run: RunState, parts: Parts, optim: Optimisation, end: RunEnd) -> Source:
+    """The frozen-backbone fast path: the backbone's features computed once, then the head alone trains on them.
+
+    The features are of unaugmented images in dataset order; the batches are
+    cut from them by the same samplers as the image path, so they hold the
+    same images in the same order.
+    """
+    config, backbone, data = run.config, parts.backbone, parts.data
+    key = fingerprint(
+        {
+            "backbone": config.backbone,
+            "weights": backbone.weights,
+            "image_size": parts.image_size,
+            "preprocessing": backbone.preprocessing.to_dict(),
+            "data": run.data_identity(),
+            "sizes": [len(data.train), len(data.val)],
+        }
+    )
+    spill_dir = run.output_dir / ".feature-cache"
+    for name, images, split in (
+        ("train", parts.pipeline.unaugmented("train"), data.train),
+        ("val", parts.pipeline.unaugmented("val"), data.val),
+    ):
+        cache = compute_features(backbone.module, images, len(split), run.device, optim.amp_dtype, key, spill_dir, name)
+        end.caches.append(cache)  # registered at once: its spill file is deleted however the run ends
+    train, val = end.caches
+    for cache in end.caches:
+        cache.check(key)  # batches are cut only from features of this run's backbone, weights, size and data
+    held_on = storage_device([train.features, val.features], run.device)
+    cut = {"batch_size": config.batch_size, "device": run.device, "transform": None, "held_on": held_on}
+    train_batches = MemoryBatches(train.features, train.labels, parts.train_sampler, **cut)
+    val_batches = MemoryBatches(val.features, val.labels, parts.val_sampler, **cut)
+    parts.pipeline = None  # the images are not needed again: free the memory they hold
+    return _source(config, parts.head, train_batches, val_batches)
+
+
+def _source(config: RunConfig, module: nn.Module, train: Batches, val: Batches) -> Source:
+    forward = _compiled(module, config)
+    return Source(module, forward, train, val, step_forward=forward)
+
+
+def _compiled(module: nn.Module, config: RunConfig) -> nn.Module:
+    """``module`` through torch.compile under --compile, else itself."""
+    return compile_model(module) if config.compile else module
+
+
+@dataclass
+class Start:
+    """Where training starts: epoch 0, or a resumed run's saved position."""
+
+    epoch: int = 0
+    epoch_step: int = 0  # optimizer steps of that epoch already taken
+    epoch_images: int = 0  # training images of that epoch already seen
+    running: dict[str, torch.Tensor] = field(default_factory=dict)  # that epoch's sums so far: loss_sum, correct
+
+
+def restore_position(saved: TrainState | None, run: RunState, optim: Optimisation, callbacks: CallbackList) -> Start:
+    """Put every tensor, generator and counter back as it was saved; a new run (``saved`` None) starts at epoch 0."""
+    if saved is None:
+        return Start()
+    running = restore_train_state(
+        saved,
         model=run.model,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        scaler=scaler,
+        optimizer=optim.optimizer,
+        scheduler=optim.scheduler,
+        scaler=optim.scaler,
         callbacks=callbacks.callbacks,
-        running=running,
-        record={
-            "epoch": epoch,
-            "epoch_step": run.epoch_step,
-            "step": run.step,
-            "epoch_images": run.epoch_images,
-            "history": run.history,
-            "config": run.config.to_dict(),
-        },
-        writer=writer,
+        ema=optim.ema,
     )
+    record = saved.record
+    run.history = list(record["history"])
+    run.step = record["step"]
+    epoch_images = record["epoch_images"] if record["epoch_step"] > 0 else 0
+    return Start(record["epoch"], record["epoch_step"], epoch_images, running)
 
 
-def _interrupt(run: RunState, stop: StopRequest, state_args) -> RunInterrupted:
-    """Save a mid-epoch state and build the message that says how to resume."""
-    scaler, callbacks, correct = state_args
-    if run.place.is_main:
-        _save(run, run.epoch, scaler, callbacks, {"loss_sum": run.train_loss_sum, "correct": correct})
-    return RunInterrupted(
-        f"interrupted by {stop.signal_name or 'a signal'} at epoch {run.epoch + 1}, step {run.epoch_step} of "
-        f"{run.steps_per_epoch}; state saved; resume with: tlcore run --resume {run.output_dir}"
-    )
+def begins_mid_epoch(start: Start, epoch: int) -> bool:
+    """Whether ``epoch`` is a resumed epoch that already has steps behind it."""
+    return epoch == start.epoch and start.epoch_step > 0
+
+
+def begin_epoch(run: RunState, parts: Parts, source: Source, epoch: int, start: Start) -> tuple[list[str], nn.Module]:
+    """Set the position, what trains this epoch and the sampler; returns the trainable groups and the step module."""
+    config, world = run.config, run.place
+    resumed = begins_mid_epoch(start, epoch)
+    run.epoch, run.epoch_step = epoch, start.epoch_step if resumed else 0
+    run.epoch_images = start.epoch_images if resumed else 0
+    # the policy decides what trains this epoch; frozen layers stay in eval mode
+    trainable = parts.policy.trainable_groups(parts.group_names, epoch)
+    parts.model.set_keep_in_eval(apply_trainable(parts.model, parts.backbone, trainable, config.bn_mode, parts.policy))
+    if trainable != source.wrapped_for and world.enabled:  # DDP must see the new set of trainable parameters
+        source.step_forward = _compiled(distributed.wrap(source.module, world, run.device), config)
+    source.wrapped_for = trainable
+    source.step_forward.train()
+    parts.model.train()
+    # resuming mid-epoch: skip the micro-batches of the optimizer steps already taken
+    parts.train_sampler.set_epoch(epoch, run.epoch_step * config.accumulate * config.batch_size)
+    return trainable, source.step_forward
+
+
+@dataclass
+class RunEnd:
+    """What the end of a run needs to know, kept up to date while it trains."""
+
+    stage: str  # what was running, for an out-of-memory message: feature caching, training or validation
+    caches: list[CachedFeatures] = field(default_factory=list)  # whose spill files to delete
+    started: bool = False  # whether the callbacks have had on_fit_start (and so are owed on_fit_end)
+
+
+@contextlib.contextmanager
+def finishing(run: RunState, callbacks: CallbackList, writer: BackgroundWrite) -> Iterator[RunEnd]:
+    """Around the training: failures become one clear line, and every way out closes the run.
+
+    Out of memory becomes ResourceError, a --compile failure ConfigError.
+    Whatever ended the run, the feature cache's spill files are deleted and
+    the state write in flight lands. Callbacks that had ``on_fit_start`` get
+    ``on_exception`` when an error or an interruption ends the run, then
+    ``on_fit_end``; a callback that fails then is reported as a warning, so
+    that the run's own error is the one raised.
+    """
+    end = RunEnd("feature caching" if run.config.cache_features else "training")
+    try:
+        try:
+            yield end
+        except Exception as error:
+            translated = _translated(error, run, end.stage)
+            if translated is None:
+                raise
+            raise translated from error
+        finally:
+            remove_spill_files(*end.caches)
+            writer.wait()  # whatever ended the run, the last completed epoch's state is on disk
+    except GeneratorExit:
+        raise
+    except BaseException as error:  # Ctrl-C a second time (KeyboardInterrupt) too: callbacks close their files
+        if end.started:
+            for warning in callbacks.notify_all("on_exception", run, error) + callbacks.notify_all("on_fit_end", run):
+                print(f"tlcore: warning: {warning}", file=sys.stderr, flush=True)
+        raise
+    if end.started:
+        callbacks.on_fit_end(run)
+
+
+def _translated(error: Exception, run: RunState, stage: str) -> TlcoreError | None:
+    """The one-line error for running out of memory or a failed --compile; None for anything else."""
+    config = run.config
+    if is_out_of_memory(error):
+        message = out_of_memory_message(run.device, config.batch_size, config.accumulate, run.image_size, stage)
+        return ResourceError(message)
+    if config.compile and is_compile_failure(error):
+        return ConfigError(f"--compile failed: {compile_failure_summary(error)}; run without --compile")
+    return None

@@ -17,6 +17,7 @@ import torch
 
 from tlcore.backbone import Backbone, Preprocessing
 from tlcore.errors import WeightsError
+from tlcore.messages import first_line, shorten
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 CHECKPOINT_PREFERENCE = ("best.safetensors", "last.safetensors")
@@ -102,20 +103,22 @@ def read_weights_file(path: Path) -> WeightsFile:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors come in many types; all mean "not a plain weights file"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"{path} is not a weights file that loads safely (weights_only=True): {first_line}") from error
+        reason = first_line(error)
+        raise WeightsError(f"{path} is not a weights file that loads safely (weights_only=True): {reason}") from error
     return WeightsFile(path, _unwrap_state_dict(loaded, path))
 
 
 def _metadata_record(text: str, path: Path) -> dict:
-    """The JSON object in a safetensors metadata entry; a damaged one is a clear error."""
+    """The checked tlcore record in a safetensors metadata entry; WeightsError when it is damaged."""
     try:
         record = json.loads(text)
     except ValueError:
         record = None
     if not isinstance(record, dict):
         raise WeightsError(f"{path} has damaged tlcore metadata (not a JSON object); it is not a usable checkpoint")
-    return record
+    from tlcore.checkpoint import validate_metadata  # here: tlcore.checkpoint imports this module
+
+    return validate_metadata(record, path)  # the one schema check, before --weights, eval or predict use any field
 
 
 def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -134,8 +137,13 @@ def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
 def backbone_tensors(weights: WeightsFile) -> dict[str, torch.Tensor]:
     """The tensors meant for a backbone: a tlcore checkpoint's ``backbone.*``, else everything."""
     if weights.tlcore_meta is not None:
-        return {k[len("backbone.") :]: v for k, v in weights.tensors.items() if k.startswith("backbone.")}
+        return strip_prefix(weights.tensors, "backbone.")
     return weights.tensors
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose key starts with ``prefix``, keyed without it (``head.0.weight`` becomes ``0.weight``)."""
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
 
 
 def load_into_backbone(backbone: Backbone, tensors: dict[str, torch.Tensor], source: str) -> str:
@@ -147,7 +155,7 @@ def load_into_backbone(backbone: Backbone, tensors: dict[str, torch.Tensor], sou
     such as the original classifier, are ignored. Returns a one-line summary.
     """
     if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+        tensors = strip_prefix(tensors, "module.")
     own = backbone.module.state_dict()
     matched, wrong_shape = {}, []
     for key, value in tensors.items():
@@ -162,10 +170,10 @@ def load_into_backbone(backbone: Backbone, tensors: dict[str, torch.Tensor], sou
     if matched_required < len(required) or wrong_shape:
         details = []
         if wrong_shape:
-            details.append(f"wrong shapes: {', '.join(wrong_shape[:3])}{' …' if len(wrong_shape) > 3 else ''}")
+            details.append(f"wrong shapes: {shorten(wrong_shape, 3)}")
         unmatched = [k for k in missing if not k.endswith("num_batches_tracked")]
         if unmatched:
-            details.append(f"not in file: {', '.join(unmatched[:3])}{' …' if len(unmatched) > 3 else ''}")
+            details.append(f"not in file: {shorten(unmatched, 3)}")
         raise WeightsError(
             f"weights from {source} do not fit backbone {backbone.name}: {matched_required} of {len(required)} "
             f"tensors matched; {'; '.join(details)}"

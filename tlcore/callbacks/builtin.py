@@ -1,121 +1,127 @@
-"""Built-in callbacks: progress, metrics log, checkpointing, early stopping.
+"""Built-in callbacks: progress (tlcore.progress), metrics log, CSV log, checkpointing, model card, early stopping.
 
-Registered through ``tlcore_register_callbacks`` like any plugin's.
+Registered through ``tlcore_register_callbacks`` like any plugin's. The plugin
+host loads this module for every command, `tlcore --help` included, so it
+imports no torch: the checkpoint writer is imported when a checkpoint is written.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tlcore.callbacks.base import Callback
-from tlcore.checkpoint import save_checkpoint
 from tlcore.files import append_json_line, atomic_link_or_copy, atomic_write_bytes
 from tlcore.hookspecs import hookimpl
+from tlcore.progress import Progress
 from tlcore.registry import Register
-from tlcore.state import RunState
 
-REFRESH_SECONDS = 0.5  # how often the progress line reads the device-side loss
-
-
-class Progress(Callback):
-    """A progress line with epoch, step, loss and images/s; a summary line per epoch.
-
-    The loss lives on the device; it is read at most every REFRESH_SECONDS so
-    the GPU is never stalled step by step. Without a terminal, only the
-    per-epoch summaries are printed.
-    """
-
-    name = "progress"
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.epoch_started = 0.0
-        self.last_refresh = 0.0
-        self.trainable = -1
-
-    def on_fit_start(self, run: RunState) -> None:
-        """Say what is about to train, and where it is written."""
-        batch = f"batch {run.config.batch_size}" + (f"x{run.config.accumulate}" if run.config.accumulate > 1 else "")
-        print(
-            f"tlcore: {run.config.backbone} ({run.backbone.weights}) on {run.config.dataset}, "
-            f"{len(run.classes)} classes, {run.image_size}px, {batch}, {run.device.type}, "
-            f"{run.pipeline} pipeline; writing {run.output_dir}",
-            file=self.stream,
-            flush=True,
-        )
-
-    def on_epoch_start(self, run: RunState) -> None:
-        """Say how much trains whenever that changes (a policy may unfreeze); start the epoch's clock."""
-        trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        if trainable != self.trainable:
-            self.trainable = trainable
-            total = sum(p.numel() for p in run.model.parameters())
-            print(f"epoch {run.epoch + 1}: {trainable:,} of {total:,} parameters train", file=self.stream, flush=True)
-        self.epoch_started = self.last_refresh = time.perf_counter()
-
-    def on_train_batch_end(self, run: RunState) -> None:
-        """Redraw the live line when it is due."""
-        now = time.perf_counter()
-        last = run.epoch_step == run.steps_per_epoch
-        if not self.live or (now - self.last_refresh < REFRESH_SECONDS and not last):
-            return
-        self.last_refresh = now
-        rate = run.epoch_images / max(now - self.epoch_started, 1e-9)
-        loss = run.running_loss()
-        print(
-            f"\repoch {run.epoch + 1}/{run.config.epochs} step {run.epoch_step}/{run.steps_per_epoch} "
-            f"loss {loss:.4f} {rate:,.0f} img/s",
-            end="",
-            file=self.stream,
-            flush=True,
-        )
-
-    def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
-        """One summary line per epoch."""
-        prefix = "\r" if self.live else ""
-        print(
-            f"{prefix}epoch {metrics['epoch']}/{run.config.epochs} train_loss {metrics['train_loss']:.4f} "
-            f"train_acc {metrics['train_acc']:.4f} val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
-            f"lr {metrics['lr']:.2e} {metrics['images_per_second']:,.0f} img/s {metrics['seconds']:.1f}s",
-            file=self.stream,
-            flush=True,
-        )
-
-    def on_fit_end(self, run: RunState) -> None:
-        """Where the results are, and what was skipped."""
-        if run.unreadable:
-            shown = "; ".join(run.unreadable[:3]) + (" …" if len(run.unreadable) > 3 else "")
-            print(f"tlcore: skipped {len(run.unreadable)} unreadable images: {shown}", file=self.stream)
-        if run.nonfinite_batches:
-            print(f"tlcore: skipped {run.nonfinite_batches} batches with a non-finite loss", file=self.stream)
-        if run.stop_reason:
-            print(f"tlcore: stopped early: {run.stop_reason}", file=self.stream)
-        best = max(run.history, key=lambda m: m["val_acc"], default=None)
-        if best is not None:
-            print(
-                f"tlcore: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}; run folder {run.output_dir}",
-                file=self.stream,
-                flush=True,
-            )
+if TYPE_CHECKING:
+    from tlcore.state import RunState
 
 
 class MetricsLog(Callback):
-    """Appends one JSON object per epoch to metrics.jsonl."""
+    """Appends one JSON object per epoch to metrics.jsonl, before any other callback acts on the epoch.
+
+    It runs first (``order``), so a checkpoint is never written for an epoch
+    that metrics.jsonl lacks, whatever order --callbacks gives.
+    """
 
     name = "metrics"
+    order = -1
+
+    def __init__(self) -> None:
+        self.redone: int | None = None  # a resumed run: the epoch it redoes whose line is still kept
 
     def on_fit_start(self, run: RunState) -> None:
-        """A resumed run rewrites the log from its saved history, dropping lines of epochs it will redo."""
-        if run.history:
-            atomic_write_bytes(run.output_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in run.history).encode())
+        """A resumed run rewrites the log from its saved history, keeping the line of the epoch it will redo.
+
+        That epoch finished before the run stopped (its checkpoints may be on
+        disk) but its state was not saved; its line stays until the redone
+        epoch replaces it, so no checkpoint on disk lacks its metrics line.
+        """
+        if not run.history:
+            return
+        path = run.output_dir / "metrics.jsonl"
+        lines = [json.dumps(m) + "\n" for m in run.history]
+        following = _line_of_epoch(path, len(run.history) + 1)
+        if following is not None:
+            lines.append(following)
+            self.redone = len(run.history) + 1
+        atomic_write_bytes(path, "".join(lines).encode())
 
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
-        """Append the epoch's metrics."""
-        append_json_line(run.output_dir / "metrics.jsonl", metrics)
+        """Append the epoch's metrics (replacing the kept line of a redone epoch)."""
+        path = run.output_dir / "metrics.jsonl"
+        if self.redone is not None:
+            self.redone = None
+            atomic_write_bytes(path, "".join(json.dumps(m) + "\n" for m in run.history).encode())
+            return
+        append_json_line(path, metrics)
+
+
+def _line_of_epoch(path: Path, epoch: int) -> str | None:
+    """The line of metrics.jsonl for ``epoch`` (numbered from 1), as written; None when there is none."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("epoch") == epoch:
+            return line + "\n"
+    return None
+
+
+class CsvLog(Callback):
+    """metrics.csv beside metrics.jsonl: one row per epoch, a header of every key seen (first-seen order).
+
+    The whole file is written again from ``run.history`` each epoch, to a
+    temporary file renamed over the old one: a key that appears later (a
+    plugin's metric) extends the header and earlier rows get empty cells; a
+    resumed run rewrites it from its restored history, so no epoch is listed
+    twice; a killed run leaves the previous whole file. Values that are not
+    numbers or text (lists, mappings) are written as JSON.
+    """
+
+    name = "csv"
+
+    def on_fit_start(self, run: RunState) -> None:
+        """A resumed run: the rows of its completed epochs (none for a fresh run)."""
+        if run.history:
+            self._write(run)
+
+    def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
+        """Rewrite metrics.csv with the epoch just recorded."""
+        self._write(run)
+
+    @staticmethod
+    def _write(run: RunState) -> None:
+        import csv
+        import io
+
+        header: dict[str, None] = {}
+        for record in run.history:
+            header.update(dict.fromkeys(record))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(header), restval="", lineterminator="\n")
+        writer.writeheader()
+        for record in run.history:
+            writer.writerow({key: _csv_cell(value) for key, value in record.items()})
+        atomic_write_bytes(run.output_dir / "metrics.csv", out.getvalue().encode("utf-8"))
+
+
+def _csv_cell(value: Any) -> Any:
+    """A cell: numbers and text as they are, None empty, anything else as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True)
 
 
 class Checkpoint(Callback):
@@ -136,12 +142,21 @@ class Checkpoint(Callback):
             self.best_acc = state["best_acc"]
 
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
-        """Save the model with everything needed to rebuild it."""
-        save_checkpoint(run.output_dir / "last.safetensors", run.model, run.checkpoint_info(metrics))
-        if metrics["val_acc"] > self.best_acc:
-            self.best_acc = metrics["val_acc"]
+        """Save the model with everything needed to rebuild it.
+
+        Under --ema the files hold the moving average when it validated better that epoch (the metrics'
+        ``checkpoint_weights`` says which), and best is judged by the accuracy of the weights held.
+        """
+        from tlcore.checkpoint import save_checkpoint
+        from tlcore.ema import held_val_acc
+
+        save_checkpoint(run.output_dir / "last.safetensors", run.checkpoint_model(metrics), run.checkpoint_info(metrics))
+        run.saved_epochs["last.safetensors"] = metrics["epoch"]
+        if held_val_acc(metrics) > self.best_acc:
+            self.best_acc = held_val_acc(metrics)
             # the same bytes as last: a hard link (atomic, no second write), a copy where links are not supported
             atomic_link_or_copy(run.output_dir / "last.safetensors", run.output_dir / "best.safetensors")
+            run.saved_epochs["best.safetensors"] = metrics["epoch"]
 
 
 class EarlyStopping(Callback):
@@ -165,11 +180,13 @@ class EarlyStopping(Callback):
         self.waited = state.get("waited", 0)
 
     def on_epoch_end(self, run: RunState, metrics: dict[str, Any]) -> None:
-        """Count epochs without improvement."""
+        """Count epochs without improvement (of the weights the checkpoints hold, under --ema)."""
         if self.patience <= 0:
             return
-        if metrics["val_acc"] > self.best:
-            self.best, self.waited = metrics["val_acc"], 0
+        from tlcore.ema import held_val_acc
+
+        if held_val_acc(metrics) > self.best:
+            self.best, self.waited = held_val_acc(metrics), 0
             return
         self.waited += 1
         if self.waited >= self.patience:
@@ -177,12 +194,25 @@ class EarlyStopping(Callback):
             run.stop_reason = f"val_acc has not improved for {self.patience} epochs (best {self.best:.4f})"
 
 
+def _model_card(config) -> Callback:
+    from tlcore.model_card import ModelCard  # when a run starts: listing callbacks need not load it
+
+    return ModelCard()
+
+
 @hookimpl
 def tlcore_register_callbacks(register: Register) -> None:
-    """Register the built-in callbacks; all run by default."""
-    register("progress", lambda config: Progress(), default=True, description="progress line and epoch summaries")
+    """Register the built-in callbacks; all but ``csv`` run by default."""
+    register(
+        "progress",
+        lambda config: Progress(quiet=config.quiet),
+        default=True,
+        description="a progress bar on a terminal, periodic lines otherwise; epoch summaries (--quiet: those only)",
+    )
     register("metrics", lambda config: MetricsLog(), default=True, description="metrics.jsonl, one line per epoch")
+    register("csv", lambda config: CsvLog(), description="metrics.csv, one row per epoch (--callbacks +csv)")
     register("checkpoint", lambda config: Checkpoint(), default=True, description="best.safetensors and last.safetensors")
+    register("model_card", _model_card, default=True, description="README.md, the model card: after each epoch, at the end")
     register(
         "early_stopping",
         lambda config: EarlyStopping(config.early_stopping_patience),

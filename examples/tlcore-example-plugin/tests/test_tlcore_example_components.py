@@ -40,11 +40,15 @@ def test_smallnet_meets_the_backbone_contract(example, tlcore_host, name, featur
     assert backbone.module(torch.zeros(2, 3, 32, 32)).shape == (2, features)
 
 
-def test_smallnet_refuses_pretrained_weights_in_one_line(example, tlcore_cli):
-    result = tlcore_cli("run", "--backbone", "example:smallnet", "--dataset", "example:stripes", "--epochs", "1")
-    assert result.code == 2
-    expected = "tlcore: error: example:smallnet has no pretrained weights; use --weights none (or a weights file)"
-    assert result.err.strip() == expected
+def test_smallnet_needs_no_weights_none(example, tlcore_cli):
+    """Registered with pretrained=False: the default --weights pretrained starts from random init, with a notice."""
+    result = tlcore_cli("plan", "--backbone", "example:smallnet", "--epochs", "1")
+    assert result.code == 0, result.err
+    assert result.out.startswith("plan: example:smallnet (none),")
+    assert result.err == (
+        "tlcore: notice: backbone example:smallnet has no pretrained weights (plugin example offers none), "
+        "so it starts from random initialisation, as with --weights none\n"
+    )
 
 
 def test_stripes_splits_are_balanced_images_of_four_classes(example, tlcore_host):

@@ -6,8 +6,7 @@ import json
 import time
 from typing import Any
 
-from tlcore.callbacks.base import Callback
-from tlcore.freeze import FreezePolicy
+from tlcore import Callback, FreezePolicy
 
 SUMMARY_FILE = "example-summary.json"
 

@@ -31,12 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlcore.dataset import DatasetOptions, DatasetSplits, TensorImageDataset
-from tlcore.errors import DataError
+from tlcore import DataError, DatasetOptions, DatasetSplits, TensorImageDataset
 from tlcore_datasets.safepickle import ForbiddenGlobal, load_restricted
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation, not for the whole transfer
 IMAGE_BYTES = 3 * 32 * 32
+IMAGES_PER_TEST_FILE = 10_000  # both CIFARs
+# Per image a batch file holds its 3,072 bytes, a label and (official files) a file name of some 40 bytes.
+FILE_BYTES_PER_IMAGE = IMAGE_BYTES + 256
+META_FILE_BYTES = 1 << 20  # a few hundred class names
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class CifarSpec:
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     meta_file: str
+    images_per_train_file: int  # what the format holds per file: no file of it may have more
     label_key: str  # key of the labels in a batch file
     names_key: str  # key of the class names in the meta file
     num_classes: int
@@ -69,6 +73,7 @@ SPECS: dict[str, CifarSpec] = {
         folder="cifar-10-batches-py",
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
         test_files=("test_batch",),
+        images_per_train_file=10_000,
         meta_file="batches.meta",
         label_key="labels",
         names_key="label_names",
@@ -83,6 +88,7 @@ SPECS: dict[str, CifarSpec] = {
         folder="cifar-100-python",
         train_files=("train",),
         test_files=("test",),
+        images_per_train_file=50_000,
         meta_file="meta",
         label_key="fine_labels",
         names_key="fine_label_names",
@@ -114,20 +120,22 @@ def load_cifar100(name: str, options: DatasetOptions) -> DatasetSplits:
 
 
 def load_cifar(spec: CifarSpec, options: DatasetOptions) -> DatasetSplits:
-    """Find (or fetch) the files of ``spec`` and return train and val (the official test split)."""
+    """Find (or fetch) the files of ``spec`` and return train, and val and test (both the official test split)."""
     root = Path(options.data_dir).expanduser() if options.data_dir is not None else default_data_dir()
     folder = find_folder(spec, root)
     if folder is None:
         folder = obtain(spec, root, options.download)
     classes = read_class_names(folder / spec.meta_file, spec)
-    train = read_split([folder / f for f in spec.train_files], spec, len(classes))
-    val = read_split([folder / f for f in spec.test_files], spec, len(classes))
+    train = read_split([folder / f for f in spec.train_files], spec, len(classes), spec.images_per_train_file)
+    val = read_split([folder / f for f in spec.test_files], spec, len(classes), IMAGES_PER_TEST_FILE)
     return DatasetSplits(
         classes=classes,
         train=train,
         val=val,
         flip_invariant=True,
         description=f"{spec.title}: {len(train)} train and {len(val)} test images from {folder}",
+        validation=f"the official test split ({', '.join(spec.test_files)}, {len(val):,} images)",
+        test=val,  # the same images: `tlcore eval --split test` scores the official test split by its name
     )
 
 
@@ -253,10 +261,14 @@ def extract(archive: Path, destination: Path) -> None:
 # -- reading ----------------------------------------------------------------------
 
 
-def read_pickle(path: Path) -> dict:
-    """Load one CIFAR pickle with the restricted reader; any failure is a DataError naming ``path``."""
+def read_pickle(path: Path, max_bytes: int) -> dict:
+    """Load one CIFAR pickle with the restricted reader; any failure is a DataError naming ``path``.
+
+    A file larger than ``max_bytes`` (what the format can take) is refused
+    before it is read; no array in it may declare more bytes than the file has.
+    """
     try:
-        content = load_restricted(path)
+        content = load_restricted(path, max_bytes)
     except ForbiddenGlobal as error:
         raise DataError(
             f"refusing to load {path}: it asks to call {error.qualname}, which no CIFAR file needs "
@@ -285,7 +297,7 @@ def _entry(content: dict, key: str, path: Path) -> Any:
 
 def read_class_names(path: Path, spec: CifarSpec) -> list[str]:
     """Class names from the meta file, checked to be ``spec.num_classes`` distinct strings."""
-    names = _entry(read_pickle(path), spec.names_key, path)
+    names = _entry(read_pickle(path, META_FILE_BYTES), spec.names_key, path)
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
         raise DataError(f"{path}: {spec.names_key!r} must be a list of strings")
     classes = [n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names]
@@ -294,9 +306,13 @@ def read_class_names(path: Path, spec: CifarSpec) -> list[str]:
     return classes
 
 
-def read_batch(path: Path, spec: CifarSpec, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file: ``data`` (N, 3072) uint8 and labels (N,) in ``[0, num_classes)``, validated."""
-    content = read_pickle(path)
+def read_batch(path: Path, spec: CifarSpec, num_classes: int, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file: ``data`` (N, 3072) uint8 and labels (N,) in ``[0, num_classes)``, validated.
+
+    ``max_images`` is what the format puts in such a file (10,000 per CIFAR-10
+    batch); more is a DataError, and so is a file too large to hold at most that.
+    """
+    content = read_pickle(path, max_images * FILE_BYTES_PER_IMAGE + META_FILE_BYTES)
     data = _entry(content, "data", path)
     labels_value = _entry(content, spec.label_key, path)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
@@ -308,6 +324,8 @@ def read_batch(path: Path, spec: CifarSpec, num_classes: int) -> tuple[np.ndarra
         raise DataError(f"{path}: {spec.label_key!r} is not a list of integers ({error})") from error
     if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
         raise DataError(f"{path}: {spec.label_key!r} must be a list of integers, got {labels.dtype} {labels.shape}")
+    if len(data) > max_images:
+        raise DataError(f"{path}: {len(data)} images, but a {spec.title} file of this kind holds at most {max_images}")
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -315,9 +333,9 @@ def read_batch(path: Path, spec: CifarSpec, num_classes: int) -> tuple[np.ndarra
     return data, labels.astype(np.int64)
 
 
-def read_split(paths: list[Path], spec: CifarSpec, num_classes: int) -> TensorImageDataset:
-    """Concatenate batch files into one in-memory dataset of (N, 3, 32, 32) uint8 images."""
-    batches = [read_batch(path, spec, num_classes) for path in paths]
+def read_split(paths: list[Path], spec: CifarSpec, num_classes: int, max_images: int) -> TensorImageDataset:
+    """Concatenate batch files (each of at most ``max_images``) into one dataset of (N, 3, 32, 32) uint8 images."""
+    batches = [read_batch(path, spec, num_classes, max_images) for path in paths]
     data = np.concatenate([b[0] for b in batches])  # a fresh, writable copy
     labels = np.concatenate([b[1] for b in batches])
     if len(data) == 0:

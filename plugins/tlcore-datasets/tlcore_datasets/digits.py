@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlcore.dataset import DatasetOptions, DatasetSplits, TensorImageDataset
+from tlcore import DatasetOptions, DatasetSplits, TensorImageDataset
 from tlcore_datasets.split import stratified_split
 
 CLASSES = [str(d) for d in range(10)]
@@ -73,4 +73,5 @@ def load_digits_dataset(name: str, options: DatasetOptions) -> DatasetSplits:
         preferred_image_size=64,  # 8x8 sources: 64 px keeps the detail and costs 1/12 of 224 px
         description=f"scikit-learn digits: {len(train_idx)} train and {len(val_idx)} val 8x8 grey images "
         f"({options.val_fraction:g} held out with seed {options.seed})",
+        validation=f"holding out {len(val_idx):,} of {len(labels):,} images, seed {options.seed}",
     )

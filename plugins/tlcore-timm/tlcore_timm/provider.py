@@ -22,9 +22,16 @@ from urllib.parse import urlparse
 
 import torch
 
-from tlcore.backbone import INTERPOLATIONS, Backbone, BackboneOptions, Preprocessing
-from tlcore.errors import ConfigError, PluginError, WeightsError
-from tlcore.weights import load_into_backbone
+from tlcore import (
+    INTERPOLATIONS,
+    Backbone,
+    BackboneOptions,
+    ConfigError,
+    PluginError,
+    Preprocessing,
+    WeightsError,
+    load_into_backbone,
+)
 from tlcore_timm import lite0
 from tlcore_timm.groups import layer_groups
 

@@ -25,8 +25,16 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_builder, get_model_weights, list_models
 
-from tlcore.backbone import INTERPOLATIONS, Backbone, BackboneOptions, LayerGroup, Preprocessing
-from tlcore.errors import ConfigError, PluginError, WeightsError
+from tlcore import (
+    INTERPOLATIONS,
+    Backbone,
+    BackboneOptions,
+    ConfigError,
+    LayerGroup,
+    PluginError,
+    Preprocessing,
+    WeightsError,
+)
 
 PREFIX = "torchvision:"
 IMAGENET_CLASSES = 1000

@@ -15,7 +15,7 @@ from tlcore.errors import DataError
 from tlcore.evaluation import evaluate_checkpoint
 from tlcore.train import fit
 
-PICTURES = ("curves.png", "confusion.png", "predictions.png", "top_losses.png")
+PICTURES = ("curves.png", "confusion.png", "predictions.png", "top_losses.png", "reliability.png", "coverage.png")
 
 
 def open_png(path):
@@ -41,9 +41,10 @@ def test_a_run_writes_every_picture_and_the_report(finished_run, viz_host):
     assert f"{metrics.accuracy:.4f} ({metrics.correct}/{metrics.images})" in page
     for row in metrics.per_class:
         assert f"<tr><td>{row['class']}</td><td class='n'>{row['precision']:.4f}</td>" in page
-    assert "<tr><th>backbone</th><td>test:tiny</td></tr>" in page and "<tr><th>lr</th><td>0.003</td></tr>" in page
+    assert "<tr><th>backbone</th><td>tlcore.testing:tiny</td></tr>" in page and "<tr><th>lr</th><td>0.003</td></tr>" in page
     config = json.loads((folder / "config.json").read_text())
-    assert config["resolved"]["callbacks"][-2:] == ["viz_curves", "viz_report"]
+    # after the built-ins of order 0; the model card (order 10) comes last
+    assert config["resolved"]["callbacks"][-3:] == ["viz_curves", "viz_report", "model_card"]
 
 
 def test_report_command_rebuilds_a_finished_run(finished_run, viz_cli, capsys):

@@ -59,7 +59,7 @@ def test_logs_every_epoch_to_the_run_folder(viz_host, tiny_run_config, monkeypat
     result = fit(tiny_run_config(callbacks="tensorboard"), viz_host)
     (writer,) = FakeWriter.made
     assert writer.log_dir == str(result.output_dir / "tensorboard") and writer.closed and writer.flushes == 2
-    assert writer.texts[0][0] == "config" and '"backbone": "test:tiny"' in writer.texts[0][1]
+    assert writer.texts[0][0] == "config" and '"backbone": "tlcore.testing:tiny"' in writer.texts[0][1]
     logged = {(tag, step): value for tag, value, step in writer.scalars}
     for metrics in result.history:
         assert logged[("accuracy/val_acc", metrics["epoch"])] == metrics["val_acc"]

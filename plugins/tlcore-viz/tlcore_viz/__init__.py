@@ -12,8 +12,7 @@ from pathlib import Path
 
 import typer
 
-from tlcore.hookspecs import hookimpl
-from tlcore.registry import Register
+from tlcore import Register, hookimpl
 from tlcore_viz import tensorboard
 
 __version__ = "0.1.0"
@@ -51,14 +50,27 @@ def tlcore_register_callbacks(register: Register) -> None:
 
 
 def report_command(
-    run_dir: Path = typer.Argument(..., help="a run folder (config.json, metrics.jsonl, best.safetensors)"),
+    run_dir: Path = typer.Argument(
+        ..., help="a run folder (config.json, metrics.jsonl, best.safetensors), or a `tlcore cv` folder (cv.json)"
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
     batch_size: int = typer.Option(64, help="images per batch for the evaluation"),
+    split: str = typer.Option(
+        None, help="the split the figures show: val | train | test | all (default: val, the split the run validated on)"
+    ),
 ) -> None:
-    """Rebuild curves.png, confusion.png, predictions.png, top_losses.png and report.html for a finished run."""
-    from tlcore_viz.report import build_report
+    """Rebuild curves.png, confusion.png, predictions.png, top_losses.png and report.html for a finished run.
 
-    result = build_report(run_dir, device=device, batch_size=batch_size)
+    For a `tlcore cv` folder (cv.json): folds.png, every fold's validation curves.
+    """
+    from tlcore_viz.report import CV_FILE, build_report, write_folds_figure
+
+    if (Path(run_dir) / CV_FILE).is_file() and not (Path(run_dir) / "config.json").is_file():
+        drawn = write_folds_figure(run_dir)
+        typer.echo(f"wrote {drawn}" if drawn is not None else f"note: no finished fold in {run_dir / CV_FILE}")
+        return
+
+    result = build_report(run_dir, device=device, batch_size=batch_size, split=split)
     for note in result.notes:
         typer.echo(f"note: {note}")
     for path in result.written:

@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from tlcore.evaluation import EvalReport
+from tlcore import EvalReport
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#1f2328}
@@ -22,6 +22,8 @@ FIGURES = (
     ("confusion.png", "Confusion matrix"),
     ("predictions.png", "Predictions"),
     ("top_losses.png", "Top losses"),
+    ("reliability.png", "Reliability diagram (calibration)"),
+    ("coverage.png", "Coverage and accuracy by rejection threshold (--reject-below)"),
 )
 
 
@@ -86,6 +88,15 @@ def _summary(settings: dict, resolved: dict, history: list[dict], evaluation: Ev
         rows.append(
             ("macro precision / recall / F1", f"{macro['precision']:.4f} / {macro['recall']:.4f} / {macro['f1']:.4f}")
         )
+        calibration = evaluation.calibration()
+        if calibration is not None:
+            rows.append(
+                (
+                    "calibration",
+                    f"temperature {calibration['temperature']:.4g}; ECE ({calibration['bins']} bins) "
+                    f"{calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} after",
+                )
+            )
     return rows
 
 

@@ -7,22 +7,41 @@ write them atomically.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from tlcore.data import to_rgb
+from tlcore import to_rgb
 
 GRID_IMAGES = 16  # images in the prediction and top-loss grids
 THUMBNAIL = 160  # longest side of an image in a grid, in pixels
 CONFUSION_ANNOTATE_MAX = 20  # counts are written in the cells up to this many classes
 CONFUSION_TICKS_MAX = 40  # class names label the axes up to this many classes
 RIGHT, WRONG = "#1a7f37", "#cf222e"
+
+
+def _literal_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Draw with every string taken literally: a class named ``price $\\frac{1}{$`` is shown, never parsed as math.
+
+    Matplotlib reads ``$...$`` as mathtext (and fails on unbalanced input); the
+    setting applies to every text artist the figure creates, tick labels
+    drawn at save time included, and the user's own rcParams are restored after.
+    """
+
+    @functools.wraps(draw)
+    def literal(*args: Any, **kwargs: Any) -> bytes:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return literal
 
 
 def _figure(width: float, height: float):
@@ -37,6 +56,7 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+@_literal_text
 def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
     """Loss, accuracy and learning rate per epoch (train and val), side by side."""
     figure = _figure(12, 3.6)
@@ -63,6 +83,7 @@ def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
     return _png(figure)
 
 
+@_literal_text
 def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
     """The confusion matrix, coloured by each true class's share (row-normalised), with counts in the cells."""
     matrix = np.asarray(confusion, dtype=np.int64)
@@ -87,6 +108,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str]) ->
     return _png(figure)
 
 
+@_literal_text
 def image_grid_png(images: Sequence[Any], titles: Sequence[str], correct: Sequence[bool], heading: str) -> bytes:
     """A grid of raw images (PIL or uint8 tensors) with titles; mistakes in red with a red frame, hits in green."""
     count = max(len(images), 1)
@@ -126,3 +148,66 @@ def thumbnail(image: Any) -> np.ndarray:
 
 def _short(name: str, limit: int = 18) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+@_literal_text
+def reliability_png(before: dict[str, Any], after: dict[str, Any] | None, temperature: float) -> bytes:
+    """Reliability diagram: accuracy against mean confidence per bin, before and after temperature scaling.
+
+    ``before`` and ``after`` are :meth:`tlcore.calibration.ReliabilityBins.to_dict` records (edges, counts,
+    confidence, accuracy, ece); bars are the bins' accuracy, the diagonal is perfect calibration, and the
+    bar heights' gap to it (weighted by the bin's images) is the ECE. ``after`` None: one panel.
+    """
+    panels = [("uncalibrated", before)] + ([(f"temperature {temperature:.3g}", after)] if after is not None else [])
+    figure = _figure(4.6 * len(panels), 4.4)
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    for axis, (title, bins) in zip(axes, panels, strict=True):
+        edges = np.asarray(bins["edges"], dtype=float)
+        width = edges[1:] - edges[:-1]
+        counts = np.asarray(bins["counts"])
+        accuracy = np.where(counts > 0, bins["accuracy"], np.nan)
+        confidence = np.where(counts > 0, bins["confidence"], np.nan)
+        axis.bar(edges[:-1], np.nan_to_num(accuracy), width=width, align="edge", edgecolor="#1f2328", alpha=0.75,
+                 label="accuracy")
+        axis.plot(confidence, accuracy, "o", color=WRONG, markersize=4, label="mean confidence (x)")
+        axis.plot([0, 1], [0, 1], "--", color="#57606a", label="perfect calibration")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence (top probability)")
+        axis.set_ylabel("accuracy")
+        axis.set_title(f"{title}: ECE {bins['ece']:.4f} ({len(counts)} bins)")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="upper left", fontsize=8)
+    return _png(figure)
+
+
+@_literal_text
+def coverage_png(thresholds: Sequence[float], coverage: Sequence[float], accuracy: Sequence[float | None]) -> bytes:
+    """Coverage and accuracy on the answered images against the rejection threshold (--reject-below)."""
+    figure = _figure(6.4, 4.0)
+    axis = figure.subplots()
+    axis.plot(thresholds, coverage, label="coverage (share answered)")
+    axis.plot(thresholds, [math.nan if a is None else a for a in accuracy], label="accuracy on the answered")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("--reject-below (calibrated probability)")
+    axis.set_title("answering only confident images: pick the threshold")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    return _png(figure)
+
+
+@_literal_text
+def folds_png(histories: Sequence[Sequence[dict[str, Any]]]) -> bytes:
+    """Cross-validation: validation loss and accuracy per epoch, one line per fold."""
+    figure = _figure(10, 3.8)
+    axes = figure.subplots(1, 2)
+    for axis, key in zip(axes, ("val_loss", "val_acc"), strict=True):
+        for number, history in enumerate(histories, start=1):
+            epochs = [m.get("epoch") for m in history]
+            axis.plot(epochs, [m.get(key, math.nan) for m in history], marker="o", label=f"fold {number}")
+        axis.set_title(f"{key} per fold")
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return _png(figure)

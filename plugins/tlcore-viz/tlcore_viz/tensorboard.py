@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tlcore.callbacks.base import Callback
-from tlcore.errors import ConfigError
-from tlcore.state import RunState
+from tlcore import Callback, ConfigError
+
+if TYPE_CHECKING:  # only for annotations: tlcore.state imports torch, which loading the plugin must not
+    from tlcore import RunState
 
 LOG_FOLDER = "tensorboard"  # inside the run folder: `tensorboard --logdir runs` shows every run
 SCALARS = ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_second")

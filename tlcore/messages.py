@@ -1,0 +1,22 @@
+"""Small pieces of one-line messages: the first line of an error, a list shortened to its first items."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of ``str(error)``, stripped; ``default`` when there is none (None: the error's type name).
+
+    Library errors often carry pages of advice after their first line; a
+    ``tlcore: error: ...`` message keeps only that line.
+    """
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if default is None else default
+
+
+def shorten(items: Sequence[str], limit: int, separator: str = ", ") -> str:
+    """The first ``limit`` items joined by ``separator``, then `` …`` when there were more."""
+    return separator.join(items[:limit]) + (" …" if len(items) > limit else "")
