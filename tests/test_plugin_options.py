@@ -101,6 +101,25 @@ def test_the_flags_reach_the_factory_config_json_and_the_checkpoint(levels, tlco
     assert levels.seen[-1]["level_count"] == 5 and levels.seen[-1]["level_fast"] is True
 
 
+class LogUri:
+    """A tracker-like plugin declaring a URI option (which may carry a password)."""
+
+    @tlcore.hookimpl
+    def tlcore_register_options(self, register):
+        register("level_log_uri", kind=str, help="levels: where a tracker would log")
+
+
+def test_a_checkpoint_never_records_a_url_password_given_as_an_option(levels, host, tlcore_cli, tmp_path):
+    host.register(LogUri(), "loguri")
+    secret = "https://user:hunter2@tracker.example/api"
+    result = run_cli(tlcore_cli, *tiny_run_args(tmp_path, "--level-log-uri", secret))
+    assert result.code == 0, result.err
+    assert levels.seen[-1]["level_log_uri"] == secret  # the plugin gets what was given
+    checkpoint = tlcore.load_checkpoint(tmp_path / "run" / "best.safetensors", "cpu")
+    assert checkpoint.info.data["options"]["level_log_uri"] == "https://***@tracker.example/api"
+    assert b"hunter2" not in (tmp_path / "run" / "best.safetensors").read_bytes()
+
+
 def test_a_config_file_holds_them_and_bad_values_are_one_line(levels, tlcore_cli, tmp_path):
     config_file = tmp_path / "run.toml"
     config_file.write_text('level_count = 2\nlevel_name = "high"\n', encoding="utf-8")

@@ -151,7 +151,7 @@ class RunState:
             "seed": self.config.seed,
             "val_fraction": self.config.val_fraction,
             **folds,
-            **({"options": dict(self.config.plugin_options)} if self.config.plugin_options else {}),
+            **({"options": _without_secrets(self.config.plugin_options)} if self.config.plugin_options else {}),
         }
 
     def keep_validation(self, outputs: ValidationOutputs | None, val_acc: float) -> None:
@@ -174,3 +174,14 @@ class RunState:
         if self.train_loss_sum is None or self.epoch_images == 0:
             return None
         return float(self.train_loss_sum) / self.epoch_images
+
+
+def _without_secrets(options: dict) -> dict:
+    """Plugin options as checkpoints record them: a tracker's URL password or a token never enters the file.
+
+    Every declared option is recorded (eval rebuilds the data from them), trackers' too; the user:password
+    of a URL and values of options named like a token, secret, password or API key become ``***``.
+    """
+    from tlcore.push import redact_record
+
+    return redact_record(dict(options))
