@@ -30,6 +30,7 @@ from tlcore import (
     PluginError,
     Preprocessing,
     WeightsError,
+    first_line,
     load_into_backbone,
 )
 from tlcore_timm import lite0
@@ -263,7 +264,7 @@ def _create(model_name: str, kwargs: dict, pretrained: bool, cfg, default_size: 
     except Exception as error:
         if pretrained and _is_download_error(error):
             raise WeightsError(
-                f"pretrained weights for timm:{model_name} could not be downloaded ({_first_line(error)}); "
+                f"pretrained weights for timm:{model_name} could not be downloaded ({first_line(error)}); "
                 f"{WEIGHTS_ALTERNATIVES}"
             ) from error
         raise
@@ -285,7 +286,7 @@ def _create_with_size(model_name: str, kwargs: dict, pretrained: bool, default_s
     except (AssertionError, ValueError, RuntimeError) as error:
         if size is None or _is_download_error(error):
             raise
-        raise ConfigError(_size_message(model_name, size, default_size, _first_line(error))) from error
+        raise ConfigError(_size_message(model_name, size, default_size, first_line(error))) from error
 
 
 def _is_download_error(error: BaseException) -> bool:
@@ -297,11 +298,6 @@ def _is_download_error(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _size_message(model_name: str, size: int, default_size: int, reason: str) -> str:
@@ -317,7 +313,7 @@ def _forward(model: torch.nn.Module, size: int) -> tuple[torch.Tensor | None, st
         with torch.no_grad():  # not inference_mode: models that cache tensors must still train afterwards
             return model(torch.zeros(1, 3, size, size)), ""
     except Exception as error:  # any failure means "not at this size"
-        return None, _first_line(error)
+        return None, first_line(error)
 
 
 def _probe(

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tlcore import Callback, ConfigError, TlcoreError, hookimpl
+from tlcore import Callback, ConfigError, TlcoreError, first_line, hookimpl
 
 __version__ = "0.1.0"
 
@@ -159,10 +159,6 @@ def report_files(folder: Path) -> list[Path]:
         found += sorted(path for path in folder.glob("*.png") if path.is_file())
     return found
 
-
-def first_line(error: BaseException) -> str:
-    """The first non-blank line of an error's message (trackers' errors carry pages of advice), or its type's name."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _is_number(value: Any) -> bool:
