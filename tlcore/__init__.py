@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these come fro
     from tlcore.heads import HeadOptions
     from tlcore.images import decode_image, file_kind, open_image, to_rgb
     from tlcore.inference import Prediction, Predictor, load_checkpoint
-    from tlcore.messages import first_line
+    from tlcore.messages import first_line, short_repr
     from tlcore.plugin_options import OptionRegister
     from tlcore.state import RunState, ValidationOutputs
     from tlcore.train import RunResult
@@ -100,6 +100,7 @@ _LAZY = {
     "file_kind": "tlcore.images",
     "atomic_write_bytes": "tlcore.files",
     "first_line": "tlcore.messages",  # an error's first line, for one-line messages
+    "short_repr": "tlcore.messages",  # a value read from a file, as a one-line error shows it
 }
 
 
@@ -156,6 +157,7 @@ __all__ = [
     "WeightsError",
     "atomic_write_bytes",
     "first_line",
+    "short_repr",
     "coverage_curve",
     "decode_image",
     "evaluate_checkpoint",

@@ -13,6 +13,7 @@ from tlcore.backbone import INTERPOLATIONS
 from tlcore.config import MAX_IMAGE_SIZE
 from tlcore.errors import WeightsError
 from tlcore.files import atomic_save_tensors
+from tlcore.messages import short_repr
 from tlcore.weights import read_weights_file
 
 FORMAT = "tlcore-checkpoint"
@@ -66,32 +67,27 @@ def _is_number(value: object) -> bool:
 
 def _text(value: object, name: str, *, empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not empty):
-        raise _Invalid(f"{name} must be a{'' if empty else ' non-empty'} string, got {_shown(value)}")
+        raise _Invalid(f"{name} must be a{'' if empty else ' non-empty'} string, got {short_repr(value)}")
     return value
 
 
 def _integer(value: object, name: str, low: int, high: int) -> int:
     if not _is_int(value) or not low <= value <= high:
-        raise _Invalid(f"{name} must be an integer in [{low}, {high}], got {_shown(value)}")
+        raise _Invalid(f"{name} must be an integer in [{low}, {high}], got {short_repr(value)}")
     return value
 
-
-def _shown(value: object) -> str:
-    """A value as the error shows it: its repr, cut short (a damaged file may hold megabytes)."""
-    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _triple(value: object, name: str, *, positive: bool) -> None:
     if not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value):
-        raise _Invalid(f"{name} must be a list of three finite numbers, got {_shown(value)}")
+        raise _Invalid(f"{name} must be a list of three finite numbers, got {short_repr(value)}")
     if positive and not all(v > 0 for v in value):
         raise _Invalid(f"{name} must be three positive numbers, got {value}")
 
 
 def _check_preprocessing(pre: object, image_size: int) -> None:
     if not isinstance(pre, dict):
-        raise _Invalid(f"preprocessing must be an object, got {_shown(pre)}")
+        raise _Invalid(f"preprocessing must be an object, got {short_repr(pre)}")
     _triple(pre.get("mean"), "preprocessing.mean", positive=False)
     _triple(pre.get("std"), "preprocessing.std", positive=True)
     _integer(pre.get("input_size"), "preprocessing.input_size", 1, MAX_IMAGE_SIZE)
@@ -99,23 +95,23 @@ def _check_preprocessing(pre: object, image_size: int) -> None:
     interpolation = pre.get("interpolation", "bilinear")
     if interpolation not in INTERPOLATIONS:
         accepted = ", ".join(INTERPOLATIONS)
-        raise _Invalid(f"preprocessing.interpolation must be one of {accepted}, got {_shown(interpolation)}")
+        raise _Invalid(f"preprocessing.interpolation must be one of {accepted}, got {short_repr(interpolation)}")
     crop = pre.get("crop_pct", 0.875)
     if not _is_number(crop) or not 0 < crop <= 1 or image_size / crop > MAX_RESIZE:
         raise _Invalid(
             f"preprocessing.crop_pct must be a number in (0, 1] with image_size / crop_pct at most {MAX_RESIZE}, "
-            f"got {_shown(crop)}"
+            f"got {short_repr(crop)}"
         )
     if not isinstance(pre.get("fixed_size", False), bool):
-        raise _Invalid(f"preprocessing.fixed_size must be true or false, got {_shown(pre.get('fixed_size'))}")
+        raise _Invalid(f"preprocessing.fixed_size must be true or false, got {short_repr(pre.get('fixed_size'))}")
 
 
 def _check_classes(classes: object) -> None:
     if not isinstance(classes, list) or not classes or len(classes) > MAX_CLASSES:
-        raise _Invalid(f"classes must be a list of 1 to {MAX_CLASSES} names, got {_shown(classes)}")
+        raise _Invalid(f"classes must be a list of 1 to {MAX_CLASSES} names, got {short_repr(classes)}")
     for name in classes:
         if not isinstance(name, str):
-            raise _Invalid(f"classes must be strings, got {_shown(name)}")
+            raise _Invalid(f"classes must be strings, got {short_repr(name)}")
     if len(set(classes)) != len(classes):
         seen: set[str] = set()
         twice = next(name for name in classes if name in seen or seen.add(name))
@@ -124,18 +120,18 @@ def _check_classes(classes: object) -> None:
 
 def _check_head_options(options: object) -> None:
     if not isinstance(options, dict):
-        raise _Invalid(f"head_options must be an object, got {_shown(options)}")
+        raise _Invalid(f"head_options must be an object, got {short_repr(options)}")
     if "hidden" in options:
         _integer(options["hidden"], "head_options.hidden", 1, MAX_HEAD_HIDDEN)
     if "dropout" in options:
         dropout = options["dropout"]
         if not _is_number(dropout) or not 0 <= dropout < 1:
-            raise _Invalid(f"head_options.dropout must be a number in [0, 1), got {_shown(dropout)}")
+            raise _Invalid(f"head_options.dropout must be a number in [0, 1), got {short_repr(dropout)}")
 
 
 def _check_data(data: object) -> None:
     if not isinstance(data, dict):
-        raise _Invalid(f"data must be an object, got {_shown(data)}")
+        raise _Invalid(f"data must be an object, got {short_repr(data)}")
     for key in ("dataset", "data_dir"):
         if data.get(key) is not None:
             _text(data[key], f"data.{key}")
@@ -143,12 +139,12 @@ def _check_data(data: object) -> None:
         _integer(data["seed"], "data.seed", 0, 2**63 - 1)
     fraction = data.get("val_fraction")
     if fraction is not None and (not _is_number(fraction) or not 0 < fraction < 1):
-        raise _Invalid(f"data.val_fraction must be a number in (0, 1), got {_shown(fraction)}")
+        raise _Invalid(f"data.val_fraction must be a number in (0, 1), got {short_repr(fraction)}")
     if "folds" in data or "fold" in data:  # a cross-validation fold (tlcore.cv): fold in [1, folds]
         folds = _integer(data.get("folds"), "data.folds", 2, 1000)
         _integer(data.get("fold"), "data.fold", 1, folds)
     if "flip_invariant" in data and not isinstance(data["flip_invariant"], bool):  # whether TTA may mirror
-        raise _Invalid(f"data.flip_invariant must be true or false, got {_shown(data['flip_invariant'])}")
+        raise _Invalid(f"data.flip_invariant must be true or false, got {short_repr(data['flip_invariant'])}")
     if "options" in data:
         _check_plugin_options(data["options"])
 
@@ -164,13 +160,13 @@ def _check_plugin_options(options: object) -> None:
     from tlcore.plugin_options import MAX_TEXT, OPTION_NAME
 
     if not isinstance(options, dict) or len(options) > MAX_PLUGIN_OPTIONS:
-        raise _Invalid(f"data.options must be an object of at most {MAX_PLUGIN_OPTIONS} options, got {_shown(options)}")
+        raise _Invalid(f"data.options must be an object of at most {MAX_PLUGIN_OPTIONS} options, got {short_repr(options)}")
     for name, value in options.items():
         if not OPTION_NAME.fullmatch(name):
-            raise _Invalid(f"data.options has a key that is no option name: {_shown(name)}")
+            raise _Invalid(f"data.options has a key that is no option name: {short_repr(name)}")
         plain = value is None or isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value))
         if not plain and not (isinstance(value, str) and len(value) <= MAX_TEXT):
-            raise _Invalid(f"data.options.{name} must be text, a number, true/false or null, got {_shown(value)}")
+            raise _Invalid(f"data.options.{name} must be text, a number, true/false or null, got {short_repr(value)}")
 
 
 # fields a file may lack: written by an older tlcore (their defaults apply)
@@ -183,10 +179,11 @@ def _check_calibration(temperature: object, calibration: object) -> None:
     # logits / temperature cannot overflow
     if not _is_number(temperature) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
         raise _Invalid(
-            f"temperature must be a finite number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {_shown(temperature)}"
+            f"temperature must be a finite number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+            f"got {short_repr(temperature)}"
         )
     if not isinstance(calibration, dict):
-        raise _Invalid(f"calibration must be an object, got {_shown(calibration)}")
+        raise _Invalid(f"calibration must be an object, got {short_repr(calibration)}")
 
 
 def validate_metadata(record: object, path: Path | str) -> dict:
@@ -206,7 +203,7 @@ def validate_metadata(record: object, path: Path | str) -> dict:
             raise WeightsError(f"{path} is not a tlcore checkpoint (no tlcore metadata); pass a file a run wrote")
         version = record.get("format_version", 0)
         if not _is_int(version):
-            raise _Invalid(f"format_version must be an integer, got {_shown(version)}")
+            raise _Invalid(f"format_version must be an integer, got {short_repr(version)}")
         if version > FORMAT_VERSION:
             raise WeightsError(f"{path} was written by a newer tlcore (format {version}); upgrade tlcore to read it")
         missing = sorted(set(CheckpointInfo.__dataclass_fields__) - set(record) - OPTIONAL_FIELDS)
@@ -221,7 +218,7 @@ def validate_metadata(record: object, path: Path | str) -> dict:
         _check_preprocessing(record["preprocessing"], image_size)
         _integer(record["epoch"], "epoch", 0, 2**31)
         if not isinstance(record["metrics"], dict):
-            raise _Invalid(f"metrics must be an object, got {_shown(record['metrics'])}")
+            raise _Invalid(f"metrics must be an object, got {short_repr(record['metrics'])}")
         _check_data(record.get("data", {}))
         _check_calibration(record.get("temperature", 1.0), record.get("calibration", {}))
     except _Invalid as invalid:

@@ -17,6 +17,15 @@ def first_line(error: BaseException, default: str | None = None) -> str:
     return type(error).__name__ if default is None else default
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """A value as an error message shows it: the repr of a scalar, the type name of anything else, cut to ``limit``.
+
+    Values read from damaged files may be megabytes long or deeply nested; a one-line error never prints them whole.
+    """
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def shorten(items: Sequence[str], limit: int, separator: str = ", ") -> str:
     """The first ``limit`` items joined by ``separator``, then `` …`` when there were more."""
     return separator.join(items[:limit]) + (" …" if len(items) > limit else "")

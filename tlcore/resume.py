@@ -20,7 +20,7 @@ import torch
 from tlcore.background import BackgroundWrite
 from tlcore.errors import ConfigError, ResourceError
 from tlcore.files import atomic_save_tensors
-from tlcore.messages import first_line
+from tlcore.messages import first_line, short_repr
 from tlcore.weights import read_weights_file, strip_prefix
 
 STATE_FILE = "train_state.safetensors"
@@ -152,20 +152,16 @@ class _Damaged(Exception):
 def _count(record: dict, key: str) -> int:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**53:
-        raise _Damaged(f"{key} must be a non-negative integer, got {_shown(value)}")
+        raise _Damaged(f"{key} must be a non-negative integer, got {short_repr(value)}")
     return value
 
-
-def _shown(value: object) -> str:
-    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _kind(record: dict, key: str, kind: type) -> None:
     if not isinstance(record[key], kind):
         raise _Damaged(
             f"{key} must be a{'n' if kind is dict else ''} {'object' if kind is dict else kind.__name__}, "
-            f"got {_shown(record[key])}"
+            f"got {short_repr(record[key])}"
         )
 
 
@@ -189,12 +185,12 @@ def validate_record(record: dict) -> None:
         raise _Damaged(f"history holds {len(history)} epochs but the state is at epoch {epoch}")
     for number, metrics in enumerate(history, start=1):
         if not isinstance(metrics, dict) or metrics.get("epoch") != number:
-            raise _Damaged(f"history entry {number} must be an object with epoch {number}, got {_shown(metrics)}")
+            raise _Damaged(f"history entry {number} must be an object with epoch {number}, got {short_repr(metrics)}")
         for key, value in metrics.items():
             if key in ("train_loss", "train_acc", "val_loss", "val_acc") and (
                 isinstance(value, bool) or not isinstance(value, (int, float))
             ):
-                raise _Damaged(f"history entry {number}: {key} must be a number, got {_shown(value)}")
+                raise _Damaged(f"history entry {number}: {key} must be a number, got {short_repr(value)}")
         if not math.isfinite(metrics.get("val_acc", math.nan)):
             raise _Damaged(f"history entry {number} has no finite val_acc")
     if not all(isinstance(value, dict) for value in record["callbacks"].values()):

@@ -17,7 +17,16 @@ from typing import Any
 
 import torch
 
-from tlcore import DataError, EvalReport, PluginHost, Predictor, atomic_write_bytes, coverage_curve, evaluate_checkpoint
+from tlcore import (
+    DataError,
+    EvalReport,
+    PluginHost,
+    Predictor,
+    atomic_write_bytes,
+    coverage_curve,
+    evaluate_checkpoint,
+    short_repr,
+)
 from tlcore_viz import plots
 from tlcore_viz.html import render_html
 
@@ -93,37 +102,33 @@ NUMERIC_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "imag
 REQUIRED_METRICS = ("val_loss", "val_acc")
 
 
-def _shown(value: Any) -> str:
-    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
 
 def _check_config(config: Any, path: Path) -> None:
     """config.json as a run writes it: an object whose config, resolved, versions and plugins are objects."""
     if not isinstance(config, dict):
-        raise DataError(f"{path} is damaged: it must hold a JSON object, got {_shown(config)}")
+        raise DataError(f"{path} is damaged: it must hold a JSON object, got {short_repr(config)}")
     for key in ("config", "resolved", "versions", "plugins"):
         if key in config and not isinstance(config[key], dict):
-            raise DataError(f"{path} is damaged: {key} must be an object, got {_shown(config[key])}")
+            raise DataError(f"{path} is damaged: {key} must be an object, got {short_repr(config[key])}")
     classes = config.get("resolved", {}).get("classes", [])
     if not isinstance(classes, list):
-        raise DataError(f"{path} is damaged: resolved.classes must be a list, got {_shown(classes)}")
+        raise DataError(f"{path} is damaged: resolved.classes must be a list, got {short_repr(classes)}")
 
 
 def _check_metrics(metrics: Any, number: int, path: Path) -> None:
     """One line of metrics.jsonl: an object with an integer epoch >= 1 and numbers where the report reads them."""
     where = f"{path} line {number}"
     if not isinstance(metrics, dict):
-        raise DataError(f"{where} is damaged: it must be a JSON object, got {_shown(metrics)}")
+        raise DataError(f"{where} is damaged: it must be a JSON object, got {short_repr(metrics)}")
     epoch = metrics.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise DataError(f"{where} is damaged: epoch must be an integer from 1, got {_shown(epoch)}")
+        raise DataError(f"{where} is damaged: epoch must be an integer from 1, got {short_repr(epoch)}")
     for key in NUMERIC_METRICS:
         value = metrics.get(key)
         if key in REQUIRED_METRICS and value is None:
             raise DataError(f"{where} is damaged: it has no {key}")
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise DataError(f"{where} is damaged: {key} must be a number, got {_shown(value)}")
+            raise DataError(f"{where} is damaged: {key} must be a number, got {short_repr(value)}")
 
 
 def build_report(
