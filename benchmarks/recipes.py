@@ -205,9 +205,10 @@ def last_json(text: str) -> dict:
     return json.loads(lines[-1])
 
 
-def run_logged(argv: list[str], log: Path) -> str:
-    """Run ``argv`` from the repository root with its output in ``log``; return the output, raise on failure."""
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+def run_logged(argv: list[str], log: Path, env: dict[str, str] | None = None) -> str:
+    """Run ``argv`` from the repository root (environment ``env``, else this one's) with its output in ``log``;
+    return stdout, RuntimeError on failure."""
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
     log.write_text(shlex.join(argv) + "\n\n" + done.stdout + done.stderr)
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-3:]

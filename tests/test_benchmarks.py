@@ -534,3 +534,65 @@ def test_recipes_smoke_runs_tlcore_and_its_tta_on_the_written_folders(tmp_path, 
     assert run["eval_val_acc"] == pytest.approx(run["val_acc"])  # the checkpoint evaluated on the same val folder
     assert flag(run["command"].split(), "--image-size") == "64" and flag(run["command"].split(), "--epochs") == "1"
     assert flag(run["command"].split(), "--data-dir") == row["data_dir"]
+
+
+# -- benchmarks/multilabel.py --------------------------------------------------------------
+
+
+def test_multilabel_mosaics_are_a_csv_dataset_labelled_with_the_digits_shown(tmp_path):
+    import multilabel
+    from PIL import Image
+    from tlcore_datasets.csvdata import load_csv
+
+    from tlcore.dataset import DatasetOptions
+
+    rng = np.random.default_rng(0)
+    pool_labels = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    tiles, label_sets = multilabel.mosaic_labels(rng, pool_labels, 50)
+    for shown, labels in zip(tiles, label_sets, strict=True):
+        assert (shown >= 0).any() and labels == sorted({int(pool_labels[t]) for t in shown if t >= 0})
+    assert len({len(labels) for labels in label_sets}) > 1  # label sets of several sizes
+
+    summary = multilabel.write_data(tmp_path, {"train": 12, "val": 6, "test": 6}, image_size=16)
+    rows = (tmp_path / "test.csv").read_text().splitlines()
+    assert rows[0] == "image,label" and len(rows) == 7
+    first_image, first_labels = rows[1].split(",")
+    assert Image.open(tmp_path / first_image).size == (16, 16) and first_labels.split() == sorted(first_labels.split())
+    splits = load_csv("csv", DatasetOptions(data_dir=str(tmp_path), multilabel=True))  # tlcore's own reader
+    assert splits.multilabel and (len(splits.train), len(splits.val), len(splits.test)) == (12, 6, 6)
+    assert set(splits.classes) <= {str(d) for d in range(10)} and summary["splits"]["val"]["images"] == 6
+    pools = [summary["splits"][s]["digit_images_in_pool"] for s in ("train", "val", "test")]
+    assert sum(pools) == 1797  # disjoint pools of scikit-learn's digits: no test digit is trained on
+    assert multilabel.write_data(tmp_path, {"train": 12, "val": 6, "test": 6}, image_size=16) == summary  # reused
+
+
+def test_multilabel_table_gives_each_variant_at_both_thresholds():
+    import multilabel
+
+    figures = {"map": 0.5, "f1_micro": 0.4, "f1_macro": 0.3, "subset_accuracy": 0.1}
+    runs = [{"variant": "none", "test_at_thresholds": figures, "test_at_0.5": {**figures, "f1_micro": f1}}
+            for f1 in (0.2, 0.4)]
+    lines = multilabel.table({"variants": ["none"], "runs": runs}).splitlines()
+    assert lines[2] == "| none | per class (chosen on val) | 0.500 ± 0.000 (0.500, 0.500) | 0.400 ± 0.000 (0.400, 0.400) " \
+                       "| 0.300 ± 0.000 (0.300, 0.300) | 0.100 ± 0.000 (0.100, 0.100) |"
+    assert lines[3].split(" | ")[3] == "0.300 ± 0.141 (0.200, 0.400)"
+    with pytest.raises(SystemExit):
+        multilabel.parse_args(["--class-weights", "balanced"])
+
+
+def test_multilabel_smoke_trains_evaluates_test_and_scores_both_thresholds(tmp_path, one_thread):
+    import multilabel
+
+    out = tmp_path / "report.json"
+    argv = ["--smoke", "--work", str(tmp_path / "work"), "--class-weights", "auto", "--json", str(out),
+            "--tlcore-args", "--workers 0 --device cpu", "--device", "cpu"]
+    assert multilabel.main(argv) == 0
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert report["failures"] == [] and run["test_images"] == 12 and len(run["thresholds"]) == 10
+    for key in ("test_at_thresholds", "test_at_0.5"):
+        assert all(0.0 <= run[key][m] <= 1.0 for m in multilabel.METRICS), key
+    assert run["test_at_thresholds"]["map"] == pytest.approx(run["test_at_0.5"]["map"])  # mAP has no threshold
+    train, evaluate = (command.split() for command in run["commands"])
+    assert flag(train, "--task") == "multilabel" and flag(train, "--dataset") == "csv"
+    assert flag(train, "--class-weights") == "auto" and flag(evaluate, "--split") == "test"

@@ -215,7 +215,8 @@ def test_each_epoch_is_calibrated_on_its_own_validation_logits():
     logits, labels = overconfident(n=600, scale=3.0, seed=2)
     kept = ValidationOutputs(epoch=2, logits=logits, labels=labels, indices=torch.arange(600))
     run = SimpleNamespace(
-        config=SimpleNamespace(calibrate=True), epoch=1, last_validation=kept, temperatures={}, calibration={}
+        config=SimpleNamespace(calibrate=True, task="multiclass"), epoch=1, last_validation=kept, temperatures={},
+        calibration={},
     )
     RunState.calibrate(run)
     assert 2.3 < run.temperatures[2] < 3.7

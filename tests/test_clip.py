@@ -7,13 +7,11 @@ import torch
 from torch import nn
 
 from tests.test_cli import TINY, assert_one_line_error, run_cli
-from tests.test_resume import signal_plugin
 from tlcore.checkpoint import read_checkpoint
-from tlcore.interrupt import RunInterrupted
 from tlcore.loop import EpochSums, clip_gradients
 from tlcore.optim import Optimisation
-from tlcore.testing import without_measurements
-from tlcore.train import fit, resume
+from tlcore.testing import check_resumes_exactly
+from tlcore.train import fit
 
 
 def setup(clip, scaler_enabled=False, scale=1.0):
@@ -85,18 +83,8 @@ def test_clipping_changes_training_and_reports_the_mean_norm(host, tiny_config, 
 @pytest.mark.parametrize("mode", ["norm", "value"])
 def test_clipping_resumes_bit_identically_mid_epoch(host, tiny_config, tmp_path, mode):
     settings = dict(epochs=2, clip_grad=0.05, clip_mode=mode, accumulate=2)
-    whole = fit(tiny_config(output=str(tmp_path / "whole"), **settings), host)
-    host.register(signal_plugin(1, 1, signals=(signal.SIGINT,)), "signal")
-    with pytest.raises(RunInterrupted):
-        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], **settings), host)
-    host.unregister("signal")
-    host.register(signal_plugin(-1, -1), "signal")
-    resumed = resume(tmp_path / "cut", host)
-    assert without_measurements(resumed.history) == without_measurements(whole.history)
+    whole, resumed = check_resumes_exactly(host, tiny_config, tmp_path, (1, 1), (signal.SIGINT,), **settings)
     assert resumed.history[1]["grad_norm"] == whole.history[1]["grad_norm"]  # the sums carried across the stop
-    a, _ = read_checkpoint(whole.output_dir / "last.safetensors")
-    b, _ = read_checkpoint(resumed.output_dir / "last.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(

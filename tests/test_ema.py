@@ -9,12 +9,11 @@ from torch import nn
 
 import tlcore
 from tests.test_cli import TINY, assert_one_line_error, run_cli
-from tests.test_resume import signal_plugin
 from tlcore.callbacks import Callback
 from tlcore.checkpoint import read_checkpoint
 from tlcore.ema import make_ema
 from tlcore.interrupt import RunInterrupted
-from tlcore.testing import without_measurements
+from tlcore.testing import SIGNAL_CALLBACK, check_resumes_exactly, signal_plugin
 from tlcore.train import fit, resume
 
 
@@ -103,17 +102,7 @@ def test_the_rule_picks_the_average_only_when_it_validates_better(host, tiny_con
 def test_ema_resumes_bit_identically_mid_epoch(host, tiny_config, tmp_path, monkeypatch):
     monkeypatch.setattr("tlcore.ema.checkpoint_weights", lambda val_acc, ema_val_acc: "ema")  # last holds the average
     settings = dict(epochs=2, ema=0.7, head="mlp", head_hidden=8, freeze="gradual", unfreeze_start=1)
-    whole = fit(tiny_config(output=str(tmp_path / "whole"), **settings), host)
-    host.register(signal_plugin(1, 2, signals=(signal.SIGTERM,)), "signal")
-    with pytest.raises(RunInterrupted):
-        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], **settings), host)
-    host.unregister("signal")
-    host.register(signal_plugin(-1, -1), "signal")
-    resumed = resume(tmp_path / "cut", host)
-    assert without_measurements(resumed.history) == without_measurements(whole.history)
-    a, _ = read_checkpoint(whole.output_dir / "last.safetensors")
-    b, _ = read_checkpoint(resumed.output_dir / "last.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    check_resumes_exactly(host, tiny_config, tmp_path, (1, 2), (signal.SIGTERM,), **settings)
 
 
 def test_a_state_without_the_average_cannot_be_resumed_with_it(host, tiny_config, tmp_path):
@@ -121,7 +110,7 @@ def test_a_state_without_the_average_cannot_be_resumed_with_it(host, tiny_config
 
     host.register(signal_plugin(0, 2), "signal")
     with pytest.raises(RunInterrupted):
-        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], ema=0.9), host)
+        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+" + SIGNAL_CALLBACK], ema=0.9), host)
     path = tmp_path / "cut" / "train_state.safetensors"
     from safetensors import safe_open
 

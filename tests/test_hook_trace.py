@@ -39,7 +39,7 @@ def test_each_call_is_traced_with_hook_plugin_and_what_it_registered(monkeypatch
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(TRACE)]
     body = [line.rsplit(" (", 1)[0] for line in lines]  # without the time
     assert f"{TRACE}tlcore_register_backbones plugin=tiny -> registered tlcore.testing:tiny" in body
-    assert f"{TRACE}tlcore_register_datasets plugin=tiny -> registered tlcore.testing:shapes" in body
+    assert f"{TRACE}tlcore_register_datasets plugin=tiny -> registered tlcore.testing:shapes, tlcore.testing:tagged" in body
     assert f"{TRACE}tlcore_register_heads plugin=tlcore.heads -> registered linear, mlp" in body
     assert all(line.endswith(" ms)") for line in lines)
     assert len(lines) == sum(len(host.hook_impls(hook)) for hook in plugins.REGISTER_HOOKS.values())

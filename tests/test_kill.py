@@ -313,7 +313,7 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
         while not (plain / "config.json").exists() and plain_process.poll() is None:
             assert time.monotonic() < deadline, "the plain run never wrote config.json"
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.5))  # within its training: the tiny run may end about a second after config.json
         plain_process.send_signal(signal.SIGKILL)
         plain_code = plain_process.wait(TIMEOUT_S)
         if plain_code == -signal.SIGKILL:
@@ -418,7 +418,8 @@ def test_sigkill_at_random_moments_leaves_whole_files_and_resume_completes(tmp_p
 
     for log in logs.iterdir():
         assert "Traceback" not in log.read_text(), log.read_text()
-    assert stats["runs killed"] == 1 + RANDOM_KILLS + WRITE_KILLS
+    # the plain subprocess counts when the kill reached it before it finished (check_run_folder checked it either way)
+    assert stats["runs killed"] == stats["plain subprocesses killed"] + RANDOM_KILLS + WRITE_KILLS
     assert stats["runs completed after kills"] >= 1
     counts = {key: value for key, value in stats.items() if not key.startswith("temporary file ")}
     counts["temporary files left"] = temporary_files(stats)

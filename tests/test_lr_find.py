@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from tests.test_cli import TINY, assert_one_line_error, run_cli
-from tests.test_resume import signal_plugin
 from tlcore import lr_find
 from tlcore.checkpoint import read_checkpoint
 from tlcore.interrupt import RunInterrupted
-from tlcore.testing import without_measurements
+from tlcore.testing import SIGNAL_CALLBACK, signal_plugin, without_measurements
 from tlcore.train import fit, resume, started_processes
 
 
@@ -120,7 +119,7 @@ def test_an_lr_auto_run_resumes_at_the_rate_it_found(host, tiny_config, tmp_path
     whole = fit(tiny_config(output=str(tmp_path / "whole"), **settings), host)
     host.register(signal_plugin(1, 2, signals=(signal.SIGINT,)), "signal")
     with pytest.raises(RunInterrupted):
-        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], **settings), host)
+        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+" + SIGNAL_CALLBACK], **settings), host)
     host.unregister("signal")
     host.register(signal_plugin(-1, -1), "signal")
     monkeypatch.setattr(lr_find, "find_lr", lambda *a, **k: pytest.fail("a resumed run must not test again"))

@@ -7,12 +7,9 @@ import pytest
 import torch
 
 from tests.test_cli import TINY, assert_one_line_error, run_cli
-from tests.test_resume import signal_plugin
-from tlcore.checkpoint import read_checkpoint
-from tlcore.interrupt import RunInterrupted
 from tlcore.mixing import Mixing
-from tlcore.testing import without_measurements
-from tlcore.train import fit, resume
+from tlcore.testing import check_resumes_exactly
+from tlcore.train import fit
 
 
 def mixing(**overrides):
@@ -111,17 +108,7 @@ def test_mixing_changes_training_and_is_recorded(host, tiny_config, tmp_path):
 def test_mixing_resumes_bit_identically_mid_epoch(host, tiny_config, tmp_path, pipeline, accumulate):
     settings = dict(epochs=2, mixup=0.4, cutmix=1.0, mix_prob=0.7, label_smoothing=0.1, pipeline=pipeline, workers=0)
     settings["accumulate"] = accumulate
-    whole = fit(tiny_config(output=str(tmp_path / "whole"), **settings), host)
-    host.register(signal_plugin(1, 3 - accumulate, signals=(signal.SIGINT,)), "signal")
-    with pytest.raises(RunInterrupted):
-        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], **settings), host)
-    host.unregister("signal")
-    host.register(signal_plugin(-1, -1), "signal")
-    resumed = resume(tmp_path / "cut", host)
-    assert without_measurements(resumed.history) == without_measurements(whole.history)
-    a, _ = read_checkpoint(whole.output_dir / "last.safetensors")
-    b, _ = read_checkpoint(resumed.output_dir / "last.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    check_resumes_exactly(host, tiny_config, tmp_path, (1, 3 - accumulate), (signal.SIGINT,), **settings)
 
 
 @pytest.mark.parametrize(

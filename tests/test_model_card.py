@@ -86,7 +86,7 @@ def fake_run(classes, logits=None, labels=None, tmp_path=None):
         dataset="imagefolder", backbone="timm:resnet18", weights="pretrained", head="linear", head_hidden=512,
         head_dropout=0.0, freeze="none", freeze_to=None, data_dir="/data/x", folds=None, fold=None, seed=0,
         val_fraction=0.2, epochs=1, batch_size=8, accumulate=1, optimizer="adamw", lr=0.001, schedule="cosine",
-        augment="standard",
+        augment="standard", task="multiclass",
     )
     metrics = dict(epoch=1, train_loss=0.5, train_acc=0.6, val_loss=0.4, val_acc=0.75, lr=0.001)
     return SimpleNamespace(
@@ -94,7 +94,7 @@ def fake_run(classes, logits=None, labels=None, tmp_path=None):
             weights="timm pretrained resnet18.a1_in1k", preprocessing=Preprocessing()
         ), image_size=224, saved_epochs={"best.safetensors": 1, "last.safetensors": 1}, splits=None,
         output_dir=tmp_path, temperatures={1: 1.25}, best_validation=outputs, last_validation=outputs, device="cpu",
-        stop_reason="",
+        stop_reason="", thresholds={},
     )
 
 

@@ -1,41 +1,17 @@
 """Exact resume after Ctrl-C or SIGTERM, across an unfreezing milestone, with the same weights and metrics."""
 
 import json
-import os
 import signal
 
 import pytest
 import torch
 
-import tlcore
-from tlcore.callbacks import Callback
 from tlcore.checkpoint import read_checkpoint
 from tlcore.interrupt import RunInterrupted
-from tlcore.testing import without_measurements
+from tlcore.testing import SIGNAL_CALLBACK, signal_plugin, without_measurements
 from tlcore.train import fit, resume
 
 timeless = without_measurements
-
-
-class SendSignal(Callback):
-    """Sends signals to this process after a given step of a given epoch."""
-
-    def __init__(self, epoch, step, signals):
-        self.epoch, self.step, self.signals = epoch, step, signals
-
-    def on_train_batch_end(self, run):
-        if (run.epoch, run.epoch_step) == (self.epoch, self.step):
-            for number in self.signals:
-                os.kill(os.getpid(), number)
-
-
-def signal_plugin(epoch, step, signals=(signal.SIGINT,)):
-    class SignalPlugin:
-        @tlcore.hookimpl
-        def tlcore_register_callbacks(self, register):
-            register("test:signal", lambda config: SendSignal(epoch, step, signals))
-
-    return SignalPlugin()
 
 
 # gradual unfreezing from epoch 2, dropout in the head and augmentation: every source of state is exercised
@@ -57,7 +33,7 @@ SETTINGS = dict(
 def test_resume_matches_the_uninterrupted_run(host, tiny_config, tmp_path, stop_at, signal_number):
     whole = fit(tiny_config(output=str(tmp_path / "whole"), **SETTINGS), host)
     host.register(signal_plugin(*stop_at, signals=(signal_number,)), "signal")
-    config = tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], **SETTINGS)
+    config = tiny_config(output=str(tmp_path / "cut"), callbacks=["+" + SIGNAL_CALLBACK], **SETTINGS)
     with pytest.raises(
         RunInterrupted,
         match=rf"at epoch {stop_at[0] + 1}, step {stop_at[1]} of 5; state saved; "
@@ -80,7 +56,8 @@ def test_cli_interrupt_then_resume(host, tiny_config, tmp_path, capsys):
 
     host.register(signal_plugin(0, 2), "signal")
     out = tmp_path / "run"
-    code, _, err = run_cli(["run", *TINY, "--epochs", "2", "--callbacks", "+test:signal", "--output", str(out)], capsys)
+    args = ["run", *TINY, "--epochs", "2", "--callbacks", "+" + SIGNAL_CALLBACK, "--output", str(out)]
+    code, _, err = run_cli(args, capsys)
     assert code == 130 and "Traceback" not in err
     assert (
         f"tlcore: interrupted by SIGINT at epoch 1, step 2 of 5; state saved; resume with: tlcore run --resume {out}" in err
@@ -98,7 +75,7 @@ def test_second_ctrl_c_stops_at_once(host, tmp_path, capsys):
     from tests.test_cli import TINY, run_cli
 
     host.register(signal_plugin(0, 1, signals=(signal.SIGINT, signal.SIGINT)), "signal")
-    code, _, err = run_cli(["run", *TINY, "--callbacks", "+test:signal", "--output", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(["run", *TINY, "--callbacks", "+" + SIGNAL_CALLBACK, "--output", str(tmp_path / "r")], capsys)
     assert code == 130 and err.strip().splitlines()[-1] == "tlcore: interrupted" and "Traceback" not in err, err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are put back
 
@@ -107,7 +84,7 @@ def test_a_state_saved_without_fp16_resumes_under_fp16(host, tiny_config, tmp_pa
     # a run started on a bf16 GPU (no gradient scaler) and resumed on one that needs fp16 (with one)
     host.register(signal_plugin(1, 2), "signal")
     with pytest.raises(RunInterrupted):
-        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+test:signal"], epochs=2), host)
+        fit(tiny_config(output=str(tmp_path / "cut"), callbacks=["+" + SIGNAL_CALLBACK], epochs=2), host)
     host.unregister("signal")
     host.register(signal_plugin(-1, -1), "signal")
     monkeypatch.setattr("tlcore.train.autocast_dtype", lambda device, enabled, backbone=None: torch.float16)

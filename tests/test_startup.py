@@ -125,3 +125,20 @@ print(json.dumps({"light": light, "head": [tuple(p.shape) for p in head.paramete
                   "same": NORM_TYPES is norm_types()}))
 """)
     assert result == {"light": [], "head": [[5, 4], [5], [3, 5], [3]], "norm": True, "conv": False, "same": True}
+
+
+def test_the_command_itself_with_its_start_up_hooks_imports_no_torch_for_help():
+    """`python -m tlcore --help` as a user runs it (main() without argv: the import hook and heap.start_up are on)."""
+    probe = fresh("""
+import json, runpy, sys
+sys.argv = ["tlcore", "--help"]
+try:
+    runpy.run_module("tlcore", run_name="__main__")
+except SystemExit:
+    pass
+from tlcore import heap, import_hooks
+print(json.dumps({"modules": sorted(sys.modules), "hooked": any(f is import_hooks._FINDER for f in sys.meta_path),
+                  "starting": heap.starting()}))
+""")
+    assert heavy(probe["modules"]) == [] and "tlcore.cli" in probe["modules"]
+    assert probe["hooked"] and probe["starting"]  # nothing built: the start-up never ended, and nothing was frozen

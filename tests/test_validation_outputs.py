@@ -15,7 +15,8 @@ from tlcore.testing import shapes_dataset
 def fake_run(world_size: int = 1, epoch: int = 2) -> SimpleNamespace:
     splits = shapes_dataset()
     place = Distributed(rank=0, world_size=world_size)
-    return SimpleNamespace(splits=splits, classes=splits.classes, place=place, epoch=epoch)
+    config = SimpleNamespace(task="multiclass")
+    return SimpleNamespace(splits=splits, classes=splits.classes, place=place, epoch=epoch, config=config)
 
 
 def batches(images: torch.Tensor, labels: torch.Tensor, size: int = 5):

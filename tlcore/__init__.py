@@ -51,6 +51,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these come fro
     from tlcore.images import decode_image, file_kind, open_image, to_rgb
     from tlcore.inference import Prediction, Predictor, load_checkpoint
     from tlcore.messages import first_line, short_repr
+    from tlcore.multilabel import (
+        MultilabelMetrics,
+        average_precision,
+        choose_thresholds,
+        multi_hot,
+        multilabel_metrics,
+        multilabel_split,
+        split_labels,
+    )
     from tlcore.plugin_options import OptionRegister
     from tlcore.state import RunState, ValidationOutputs
     from tlcore.train import RunResult
@@ -93,6 +102,14 @@ _LAZY = {
     "fit_temperature": "tlcore.calibration",
     "expected_calibration_error": "tlcore.calibration",
     "coverage_curve": "tlcore.calibration",
+    # multi-label data and metrics (--task multilabel): docs/multilabel.md
+    "split_labels": "tlcore.multilabel",  # one CSV cell's label names
+    "multi_hot": "tlcore.multilabel",  # label index lists to float32 [N, C] rows
+    "multilabel_split": "tlcore.multilabel",  # seeded iterative stratification
+    "multilabel_metrics": "tlcore.multilabel",
+    "MultilabelMetrics": "tlcore.multilabel",
+    "average_precision": "tlcore.multilabel",
+    "choose_thresholds": "tlcore.multilabel",
     # utilities for plugins: image decoding by tlcore's rules, safe file writing
     "decode_image": "tlcore.images",
     "open_image": "tlcore.images",
@@ -138,6 +155,7 @@ __all__ = [
     "HeadOptions",
     "INTERPOLATIONS",
     "LayerGroup",
+    "MultilabelMetrics",
     "NameConflictError",
     "OptionRegister",
     "PluginError",
@@ -156,6 +174,8 @@ __all__ = [
     "ValidationOutputs",
     "WeightsError",
     "atomic_write_bytes",
+    "average_precision",
+    "choose_thresholds",
     "first_line",
     "short_repr",
     "coverage_curve",
@@ -170,9 +190,13 @@ __all__ = [
     "hookimpl",
     "load_checkpoint",
     "load_into_backbone",
+    "multi_hot",
+    "multilabel_metrics",
+    "multilabel_split",
     "open_image",
     "register",
     "registered",
+    "split_labels",
     "to_rgb",
     "unregister",
 ]

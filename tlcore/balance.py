@@ -10,11 +10,18 @@ from tlcore.messages import shorten
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
-    """Every label of a dataset: its ``targets`` when it has them, else read item by item (loads the images)."""
+    """Every label of a dataset: its ``targets`` when it has them, else read item by item (loads the images).
+
+    int64 ``[N]`` class indices, or float32 ``[N, C]`` multi-hot rows for multi-label data.
+    """
     targets = getattr(dataset, "targets", None)
     if targets is None:
-        targets = [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
-    return torch.as_tensor(targets, dtype=torch.int64)
+        items = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
+        if items and isinstance(items[0], torch.Tensor) and items[0].ndim == 1:
+            return torch.stack(items).float()
+        targets = [int(label) for label in items]
+    targets = torch.as_tensor(targets)
+    return targets.float() if targets.ndim == 2 else targets.to(torch.int64)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -23,7 +30,20 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def class_weights(spec: str, labels: torch.Tensor, classes: list[str]) -> torch.Tensor:
-    """Loss weights: ``auto`` gives n / (k * count_c) (1 for balanced data), or one number per class."""
+    """Loss weights: ``auto`` gives n / (k * count_c) (1 for balanced data), or one number per class.
+
+    For multi-label ``labels`` (float ``[N, C]``) they are BCE's ``pos_weight``: ``auto`` gives negatives /
+    positives per class (:func:`tlcore.multilabel.positive_weights`). DataError when ``auto`` meets a class
+    without a (positive) training image; ConfigError for a wrong count of numbers.
+    """
+    if spec == "auto" and labels.ndim == 2:
+        from tlcore.multilabel import positive_weights
+
+        try:
+            return positive_weights(labels)
+        except ValueError:
+            missing = [classes[i] for i in range(len(classes)) if labels[:, i].sum() == 0]
+            raise DataError(f"class_weights auto: no positive training image of class(es) {shorten(missing, 5)}") from None
     if spec == "auto":
         counts = class_counts(labels, len(classes)).double()
         missing = [classes[i] for i in range(len(classes)) if counts[i] == 0]

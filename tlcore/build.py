@@ -86,6 +86,7 @@ def build_dataset(config: RunConfig, host: PluginHost) -> DatasetSplits:
         seed=config.seed,
         val_fraction=config.val_fraction,
         download=config.download,
+        multilabel=config.task == "multilabel",
         # every declared plugin option, checked again: a RunConfig made in Python skips build_config
         extra=declared_options(host).resolve({}, config.plugin_options),
     )
@@ -97,11 +98,41 @@ def build_dataset(config: RunConfig, host: PluginHost) -> DatasetSplits:
         raise DataError(f"dataset {config.dataset!r} has {len(data.classes)} class(es); at least 2 are needed")
     if len(data.train) == 0 or len(data.val) == 0:
         raise DataError(f"dataset {config.dataset!r} has {len(data.train)} training and {len(data.val)} validation images")
+    check_task(config, data)
     if config.folds is not None:
         from tlcore.cv import fold_splits
 
         data = fold_splits(data, config.folds, config.fold, config.seed)
     return data
+
+
+def check_task(config: RunConfig, data: DatasetSplits) -> None:
+    """The data fits ``--task``: multi-label splits for multilabel, single-label for multiclass (ConfigError).
+
+    Multi-label ``targets``, where the dataset exposes them, must be float ``[N, len(classes)]`` (PluginError).
+    """
+    # worded for both `run --task` and `eval` (where the checkpoint's task applies)
+    if config.task == "multilabel" and not data.multilabel:
+        raise ConfigError(
+            f"the task is multilabel, but dataset {config.dataset!r} gave one label per image; datasets that read "
+            "several labels per image: csv, imagefolder with a labels.csv, hf (tlcore-hf)"
+        )
+    if config.task == "multiclass" and data.multilabel:
+        raise ConfigError(
+            f"dataset {config.dataset!r} gave several labels per image, but the task is multiclass; "
+            "train on such data with `tlcore run --task multilabel`"
+        )
+    if data.multilabel:
+        for name in ("train", "val"):
+            targets = getattr(getattr(data, name), "targets", None)
+            if targets is None:
+                continue
+            targets = torch.as_tensor(targets)
+            if not targets.is_floating_point() or tuple(targets.shape) != (len(getattr(data, name)), len(data.classes)):
+                raise PluginError(
+                    f"dataset {config.dataset!r}: multi-label {name} targets must be float [{len(getattr(data, name))}, "
+                    f"{len(data.classes)}] (images x classes), got {targets.dtype} {tuple(targets.shape)}"
+                )
 
 
 def offered_pretrained_weights(backbone_name: str, host: PluginHost) -> PretrainedWeights | None:

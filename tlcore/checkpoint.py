@@ -12,7 +12,7 @@ import torch
 from tlcore.backbone import INTERPOLATIONS
 from tlcore.config import MAX_IMAGE_SIZE
 from tlcore.errors import WeightsError
-from tlcore.files import atomic_save_tensors
+from tlcore.files import atomic_save_tensors, cpu_copy
 from tlcore.messages import short_repr
 from tlcore.weights import read_weights_file
 
@@ -40,6 +40,12 @@ class CheckpointInfo:
     temperature: float = 1.0
     # how the temperature was fitted: images, nll_before, nll_after, epoch; or why it was not ("reason"); may be empty
     calibration: dict = field(default_factory=dict)
+    # "multiclass" (softmax over the classes) or "multilabel" (a sigmoid per class; tlcore.multilabel); absent in
+    # files written before multi-label existed, which read as multiclass
+    task: str = "multiclass"
+    # multilabel: the probability at or above which each class is predicted, in ``classes`` order, chosen on the
+    # validation split (tlcore.multilabel.choose_thresholds); None for multiclass
+    thresholds: list[float] | None = None
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors metadata is str to str: the whole record is one JSON string."""
@@ -170,7 +176,7 @@ def _check_plugin_options(options: object) -> None:
 
 
 # fields a file may lack: written by an older tlcore (their defaults apply)
-OPTIONAL_FIELDS = frozenset({"data", "temperature", "calibration"})
+OPTIONAL_FIELDS = frozenset({"data", "temperature", "calibration", "task", "thresholds"})
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
 
 
@@ -186,6 +192,26 @@ def _check_calibration(temperature: object, calibration: object) -> None:
         raise _Invalid(f"calibration must be an object, got {short_repr(calibration)}")
 
 
+def _check_task(task: object, thresholds: object, classes: list) -> None:
+    """task one of tlcore.multilabel.TASKS; multilabel needs one threshold in [0, 1] per class, multiclass none."""
+    from tlcore.multilabel import TASKS
+
+    if task not in TASKS:
+        raise _Invalid(f"task must be one of {', '.join(TASKS)}, got {short_repr(task)}")
+    if task == "multiclass":
+        if thresholds is not None:
+            raise _Invalid(f"thresholds must be null for a multiclass checkpoint, got {short_repr(thresholds)}")
+        return
+    if (
+        not isinstance(thresholds, list)
+        or len(thresholds) != len(classes)
+        or not all(_is_number(value) and 0 <= value <= 1 for value in thresholds)
+    ):
+        raise _Invalid(
+            f"thresholds must be a list of {len(classes)} numbers in [0, 1] (one per class), got {short_repr(thresholds)}"
+        )
+
+
 def validate_metadata(record: object, path: Path | str) -> dict:
     """Check a checkpoint's metadata record against the format before anything uses it; return it.
 
@@ -195,7 +221,8 @@ def validate_metadata(record: object, path: Path | str) -> dict:
     input_size and image_size integers in [1, MAX_IMAGE_SIZE], crop_pct in
     (0, 1], interpolation one of INTERPOLATIONS; head options in range;
     names strings; epoch a non-negative integer; temperature (absent: 1.0) a
-    finite number in [MIN_TEMPERATURE, MAX_TEMPERATURE], calibration an object. Keys a newer tlcore may add
+    finite number in [MIN_TEMPERATURE, MAX_TEMPERATURE], calibration an object; task (absent: multiclass)
+    multiclass or multilabel, with one threshold in [0, 1] per class for multilabel. Keys a newer tlcore may add
     are ignored. Raises WeightsError naming the file and the first bad field.
     """
     try:
@@ -221,6 +248,7 @@ def validate_metadata(record: object, path: Path | str) -> dict:
             raise _Invalid(f"metrics must be an object, got {short_repr(record['metrics'])}")
         _check_data(record.get("data", {}))
         _check_calibration(record.get("temperature", 1.0), record.get("calibration", {}))
+        _check_task(record.get("task", "multiclass"), record.get("thresholds"), record["classes"])
     except _Invalid as invalid:
         raise WeightsError(f"{path} is a damaged tlcore checkpoint: {invalid}") from None
     return record
@@ -228,8 +256,8 @@ def validate_metadata(record: object, path: Path | str) -> dict:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, info: CheckpointInfo) -> None:
     """Write the model's state dict and its info atomically."""
-    # clone().contiguous(): safetensors needs contiguous, unshared tensors (channels_last, tied weights)
-    tensors = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
+    # cpu_copy: safetensors needs contiguous, unshared tensors (channels_last, tied weights)
+    tensors = {key: cpu_copy(value) for key, value in model.state_dict().items()}
     atomic_save_tensors(Path(path), tensors, info.to_metadata())
 
 

@@ -350,9 +350,13 @@ def usage_message(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tlcore`` script and ``python -m tlcore``; ``argv`` defaults to sys.argv."""
     if argv is None:  # the tlcore command itself: the process is ours, so CPU runs may set torch's thread count
+        from tlcore import heap
+        from tlcore.import_hooks import install
         from tlcore.threads import own_process
 
         own_process()
+        install()  # torchvision without TorchDynamo's import (about 1 s); see tlcore/import_hooks.py
+        heap.start_up()  # no full garbage collection until the command's objects are built; see tlcore/heap.py
     _add_plugin_commands()
     try:
         _add_plugin_option_flags()

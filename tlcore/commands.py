@@ -20,10 +20,12 @@ from tlcore.plugin_options import accepts_plugin_options
 
 CHECKPOINT_HELP = "a .safetensors checkpoint a run wrote, or its run folder (best.safetensors)"
 TTA_HELP = (
-    "test-time augmentation: average the softmax of the centre and four corner crops, and of their mirrors "
-    "where the checkpoint's data allows flips"
+    "test-time augmentation: average the softmax (multilabel: each class's sigmoid) of the centre and four corner "
+    "crops, and of their mirrors where the checkpoint's data allows flips"
 )
-REJECT_HELP = "a probability in [0, 1]: answer 'unknown' when the top calibrated probability is below it"
+REJECT_HELP = (
+    "a probability in [0, 1]: answer 'unknown' when the top calibrated probability is below it (multiclass checkpoints)"
+)
 
 
 def eval_command(
@@ -43,7 +45,10 @@ def eval_command(
     ),
     plugin_options: dict | None = None,  # the plugins' declared options, one flag each (accepts_plugin_options)
 ) -> None:
-    """Accuracy, top-5, per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint."""
+    """Accuracy, top-5, per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint.
+
+    A multilabel checkpoint: mAP, micro/macro F1, subset accuracy, loss and per-class threshold/AP/precision/recall/F1.
+    """
     from tlcore.calibration import check_reject_below
     from tlcore.evaluation import evaluate_checkpoint, render_report
 
@@ -58,14 +63,19 @@ def eval_command(
 def predict_command(
     images: list[Path] = typer.Argument(..., help="image files and folders (searched recursively)"),
     checkpoint: Path = typer.Option(..., help=CHECKPOINT_HELP),
-    top_k: int = typer.Option(5, help="classes to show per image"),
+    top_k: int = typer.Option(
+        None, help="classes to show per image (default 5; multilabel: none besides the predicted labels unless given)"
+    ),
     batch_size: int = typer.Option(64, help="images per batch"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output (a JSON list)"),
     tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     reject_below: float = typer.Option(None, help=REJECT_HELP),
 ) -> None:
-    """Top-k classes with calibrated probabilities for each image; unreadable files are reported and skipped."""
+    """Top-k classes with calibrated probabilities for each image; unreadable files are reported and skipped.
+
+    A multilabel checkpoint: every class whose probability reaches its threshold, with the probabilities.
+    """
     from tlcore.calibration import check_reject_below
     from tlcore.config import check_option
     from tlcore.inference import check_top_k, find_images, load_checkpoint, predict_files, render_prediction
@@ -75,10 +85,14 @@ def predict_command(
     check_option("batch_size", batch_size)
     files = find_images(images)  # fails before the model loads when there is nothing to do
     predictor = load_checkpoint(checkpoint, device)
+    top_k, reject_below = predictor.check_options(top_k, reject_below)  # what the checkpoint's task accepts
     width = max(len(str(path)) for path in files)
+    if predictor.multilabel and not as_json:
+        typer.echo("multilabel: each image's classes whose probability reaches the class's threshold, most probable first")
     if tta and not as_json:
         names = predictor.views.names
-        typer.echo(f"test-time augmentation: probabilities are the mean softmax of {len(names)} views ({', '.join(names)})")
+        mean = "sigmoid per class" if predictor.multilabel else "softmax"
+        typer.echo(f"test-time augmentation: probabilities are the mean {mean} of {len(names)} views ({', '.join(names)})")
     results = []
     for prediction in predict_files(predictor, files, top_k, batch_size, warn=_warn, tta=tta, reject_below=reject_below):
         if as_json:

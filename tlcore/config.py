@@ -117,6 +117,11 @@ class RunConfig:
     )
     dataset: str = option("digits", "a dataset name (see `tlcore list datasets`)")  # the embedded default needs no download
     data_dir: str | None = option(None, "where the dataset's files are")
+    task: str = option(
+        "multiclass", "multiclass: one class per image (softmax, cross-entropy); multilabel: any number per image "
+        "(sigmoid per class, binary cross-entropy, per-class thresholds chosen on validation, mAP)",
+        choices=("multiclass", "multilabel"),
+    )
     head: str = option("linear", "classification head (see `tlcore list heads`)")
     head_hidden: int = option(512, "hidden width of the mlp head", at_least=1, at_most=2**16)
     head_dropout: float = option(0.0, "dropout in the head, in [0, 1)", at_least=0, below=1)
@@ -181,7 +186,8 @@ class RunConfig:
     )
     clip_mode: str = option("norm", "what --clip-grad limits", choices=("norm", "value"))
     class_weights: str | None = option(
-        None, "loss weights: auto (inverse class frequency) or one number per class, comma-separated",
+        None, "loss weights: auto (inverse class frequency; multilabel: BCE pos_weight negatives/positives per "
+        "class) or one number per class, comma-separated",
         check=_check_class_weights,
     )
     balanced_sampler: bool = option(False, "sample training images so that every class is drawn equally often")
@@ -240,7 +246,8 @@ class RunConfig:
         False, "print no banner, progress bar or periodic progress lines: only one summary line per epoch and the end"
     )
     early_stopping_patience: int = option(
-        0, "stop after this many epochs without a val_acc gain (0: never)", at_least=0, at_most=MAX_STEPS
+        0, "stop after this many epochs without a val_acc (multilabel: val_map) gain (0: never)",
+        at_least=0, at_most=MAX_STEPS,
     )
     download: bool = option(True, "let datasets fetch missing files when the network allows")
     strict: bool = option(False, "stop at the first undecodable image instead of skipping it (skipped images are counted)")

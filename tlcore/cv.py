@@ -114,10 +114,11 @@ def fold_splits(data: DatasetSplits, folds: int, fold: int, seed: int) -> Datase
     labels = dataset_labels(data.train)
     if len(labels) < folds:
         raise DataError(f"cannot split {len(labels)} training images into {folds} folds; use fewer --folds")
-    parts = stratified_folds(labels, folds, seed)
+    strata = rarest_label(labels) if labels.ndim == 2 else labels
+    parts = stratified_folds(strata, folds, seed)
     held_out = parts[fold - 1]
     training = torch.cat([part for number, part in enumerate(parts, start=1) if number != fold]).sort().values
-    counts = torch.bincount(labels, minlength=len(data.classes))
+    counts = labels.sum(dim=0).long() if labels.ndim == 2 else torch.bincount(labels, minlength=len(data.classes))
     few = [data.classes[c] for c in range(len(data.classes)) if 0 < counts[c] < folds]
     notes = list(data.notes)
     if few:
@@ -135,7 +136,22 @@ def fold_splits(data: DatasetSplits, folds: int, fold: int, seed: int) -> Datase
         ),
         notes=notes,
         test=data.test,
+        multilabel=data.multilabel,
     )
+
+
+def rarest_label(targets: torch.Tensor) -> torch.Tensor:
+    """int64 ``[N]``: for multi-hot rows ``[N, C]``, each image's rarest class (the stratum of its fold).
+
+    Stratifying multi-label data by each image's least frequent label keeps the
+    rare classes spread over the folds (the first step of Sechidis et al.'s
+    iterative stratification, 2011); an image without a label is its own stratum ``C``.
+    """
+    frequency = targets.sum(dim=0)
+    # absent classes weigh more than any count, so argmin picks among the image's own labels
+    weighted = torch.where(targets > 0.5, frequency, torch.full_like(frequency, float("inf")))
+    rarest = weighted.argmin(dim=1)
+    return torch.where(targets.sum(dim=1) > 0, rarest, torch.full_like(rarest, targets.shape[1]))
 
 
 # -- the cv command ------------------------------------------------------------
@@ -241,7 +257,7 @@ def run_cv(config: RunConfig | None = None, host=None, *, resume: Path | None = 
             if isinstance(error, RunInterrupted):
                 raise _interrupted(error, parent) from error
             raise
-        best = max(result.history, key=lambda m: m["val_acc"])
+        best = result.best
         record["completed"][str(fold)] = {"folder": folder.name, "best_epoch": best["epoch"], "history": result.history}
         atomic_write_json(parent / CV_FILE, record)  # a fold counts as done only once recorded here
     record["summary"] = summarize([record["completed"][str(fold)]["history"] for fold in range(1, config.folds + 1)])
@@ -253,10 +269,13 @@ def run_cv(config: RunConfig | None = None, host=None, *, resume: Path | None = 
 def summarize(histories: list[list[dict]]) -> dict[str, dict[str, Any]]:
     """Per metric: mean, std (sample standard deviation, n - 1) and the per-fold values of each fold's best epoch.
 
-    The best epoch is the first with the highest val_acc (the one best.safetensors holds). Every numeric,
-    finite metric present in every fold's best epoch is summarised; ``epoch`` too (where the best epoch fell).
+    The best epoch is the first with the highest val_acc (multilabel: val_map; the one best.safetensors holds).
+    Every numeric, finite metric present in every fold's best epoch is summarised; ``epoch`` too (where the best
+    epoch fell).
     """
-    bests = [max(history, key=lambda m: m["val_acc"]) for history in histories]
+    from tlcore.ema import selection_metric
+
+    bests = [max(history, key=lambda m: m[selection_metric(m)]) for history in histories]
     keys = [key for key, value in bests[0].items() if _number(value)]
     summary = {}
     for key in keys:
@@ -279,7 +298,7 @@ def render_summary(record: dict[str, Any]) -> str:
     width = max(len("metric"), *(len(key) for key in summary))
     columns = "  ".join(f"{'fold ' + str(i):>10}" for i in range(1, folds + 1))
     header = f"{'metric':<{width}}  {'mean':>10}  {'std':>10}  {columns}"
-    lines = [f"cross-validation, {folds} folds: each fold's best epoch (highest val_acc)", header]
+    lines = [f"cross-validation, {folds} folds: each fold's best epoch (highest val_acc, or val_map for multilabel)", header]
     for key, row in summary.items():
         values = "  ".join(f"{value:>10.4g}" for value in row["folds"])
         lines.append(f"{key:<{width}}  {row['mean']:>10.4g}  {row['std']:>10.4g}  {values}")

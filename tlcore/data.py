@@ -61,6 +61,13 @@ def build_transform(
     return v2.Compose([build_image_transform(pre, image_size, train=train, augment=augment, flip=flip), *normalise])
 
 
+def plain_label(label) -> int | torch.Tensor:
+    """A dataset's label as batches carry it: an int class index, or a float32 multi-hot row ``[C]`` as it is."""
+    if isinstance(label, torch.Tensor) and label.ndim == 1:
+        return label.float()
+    return int(label)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of one image in one epoch: independent of order, workers and resumption."""
     return (seed * 1_000_003 + epoch) * 1_000_033 + index & (2**63 - 1)
@@ -131,10 +138,11 @@ class TransformedDataset(Dataset):
                 raise
             return Unreadable(str(error) if isinstance(error, DataError) else f"image {index}: {error}")
         if epoch is None:
-            return (self.transform(image), int(label), index) if self.with_index else (self.transform(image), int(label))
+            label = plain_label(label)
+            return (self.transform(image), label, index) if self.with_index else (self.transform(image), label)
         with torch.random.fork_rng(devices=[]):  # the CPU generator only; the caller's stream is left as it was
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(image), int(label)
+            return self.transform(image), plain_label(label)
 
 
 class EpochSampler(Sampler):

@@ -22,6 +22,9 @@ class DatasetOptions:
     seed: int = 0  # for any split the dataset makes itself
     val_fraction: float = 0.2  # share of train held out when the data has no validation split
     download: bool = True  # fetch missing files where the dataset can and the network allows
+    # --task multilabel: the run wants multi-label data (DatasetSplits.multilabel); a dataset that can read
+    # several labels per image (CSV cells, a labels.csv) reads them so, one that cannot leaves it and the core says so
+    multilabel: bool = False
     # the options plugins declared (tlcore.plugin_options), by name, the declared default where none was given;
     # a factory called directly (tests, Python) may get none of them, so it reads them with .get(name, default)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -33,7 +36,9 @@ class DatasetSplits:
 
     ``train`` and ``val`` yield ``(image, label)`` with ``image`` a PIL image of
     any mode or a ``uint8`` tensor ``(C, H, W)`` with C in {1, 3}, and ``label``
-    an int index into ``classes``. A dataset that can list its labels without
+    an int index into ``classes`` or, when ``multilabel`` is true, a float32
+    multi-hot tensor ``[C]`` (1.0 for each class the image shows, columns in
+    ``classes`` order; :func:`tlcore.multilabel.multi_hot`). A dataset that can list its labels without
     loading images exposes them as ``targets`` (torchvision's convention);
     class weights and balanced sampling use it. Splits held in memory as
     :class:`TensorImageDataset` go through the memory pipeline (placed on the
@@ -60,6 +65,8 @@ class DatasetSplits:
     # training never reads it. It may be ``val`` itself where the dataset validates on its official test split
     # (CIFAR), so that `tlcore eval --split test` names it; `--split all` then counts those images once.
     test: Dataset | None = None
+    # several classes per image (--task multilabel): labels are multi-hot rows, ``targets`` float32 [N, C]
+    multilabel: bool = False
 
     def validation_note(self) -> str:
         """Where validation comes from, for the run's first lines: ``validation`` or, without one, the count."""
@@ -77,19 +84,25 @@ class DatasetSplits:
 
 
 class TensorImageDataset(Dataset):
-    """Images held in memory as one ``uint8`` tensor ``(N, C, H, W)`` with int64 labels.
+    """Images held in memory as one ``uint8`` tensor ``(N, C, H, W)`` with their labels.
 
-    Datasets that fit in memory (CIFAR, digits) use it so that the training
-    loop can move them to the device in one piece.
+    Labels are int64 class indices ``(N,)`` or, for multi-label data, float
+    multi-hot rows ``(N, classes)`` (kept as float32). Datasets that fit in
+    memory (CIFAR, digits) use it so that the training loop can move them to
+    the device in one piece. Raises ValueError for any other shape or dtype.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(f"labels must be 1-D with {len(images)} entries, got {tuple(labels.shape)}")
+        multi_hot = labels.ndim == 2 and labels.is_floating_point()
+        if (labels.ndim != 1 and not multi_hot) or len(labels) != len(images):
+            raise ValueError(
+                f"labels must be 1-D class indices or 2-D float multi-hot rows with {len(images)} entries, "
+                f"got {labels.dtype} {tuple(labels.shape)}"
+            )
         self.images = images
-        self.labels = labels.to(torch.int64)
+        self.labels = labels.to(torch.float32) if multi_hot else labels.to(torch.int64)
 
     @property
     def targets(self) -> torch.Tensor:
@@ -100,4 +113,5 @@ class TensorImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return self.images[index], int(self.labels[index])
+        label = self.labels[index]
+        return self.images[index], (label if label.ndim else int(label))

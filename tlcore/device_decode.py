@@ -36,7 +36,7 @@ from tlcore.batch_augment import (
 )
 from tlcore.batches import Batch, Normalise
 from tlcore.config import RunConfig
-from tlcore.data import TRAIN_CROP_SCALE, EpochSampler, Unreadable, make_loader, sample_seed
+from tlcore.data import TRAIN_CROP_SCALE, EpochSampler, Unreadable, make_loader, plain_label, sample_seed
 from tlcore.errors import ConfigError, DataError
 from tlcore.images import JpegHeader, check_pixels, decode_image, orient, read_image_file, read_jpeg_header
 
@@ -57,7 +57,7 @@ class EncodedFiles(Dataset):
             data = read_image_file(path)  # regular files only: a pipe would hang the worker
         except DataError as error:
             return Unreadable(str(error))
-        return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()), int(label), index  # empty files too
+        return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()), plain_label(label), index  # empty files too
 
 
 def collate_encoded(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], list[str]]:

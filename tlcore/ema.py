@@ -75,11 +75,20 @@ def checkpoint_weights(val_acc: float, ema_val_acc: float) -> str:
     return "ema" if ema_val_acc > val_acc else "model"
 
 
+def selection_metric(metrics: dict) -> str:
+    """The metric that picks the best epoch: ``val_map`` for a multilabel run (its metrics have it), else ``val_acc``."""
+    return "val_map" if "val_map" in metrics else "val_acc"
+
+
 def held_val_acc(metrics: dict) -> float:
-    """The validation accuracy of the weights the epoch's checkpoint holds (``val_acc`` without --ema)."""
+    """The selection score (:func:`selection_metric`) of the weights the epoch's checkpoint holds.
+
+    ``val_acc`` (``val_map`` for multilabel); under --ema, the average's when the checkpoint holds it.
+    """
+    key = selection_metric(metrics)
     if metrics.get("checkpoint_weights") == "ema":
-        return metrics["ema_val_acc"]
-    return metrics["val_acc"]
+        return metrics[f"ema_{key}"]
+    return metrics[key]
 
 
 @torch.no_grad()

@@ -3,6 +3,12 @@
 The data defaults to what the checkpoint records (dataset, data folder, seed,
 validation share), so evaluating on the split a run validated on reproduces
 that run's val_acc. Metrics are computed with torch alone.
+
+A multi-label checkpoint (``task`` multilabel, :mod:`tlcore.multilabel`) is
+scored on the same data read as multi-label, each class through its sigmoid
+at the checkpoint's threshold: mAP, micro and macro F1, subset accuracy,
+binary cross-entropy and per-class AP/precision/recall/F1
+(:class:`tlcore.multilabel.MultilabelMetrics`, in :attr:`EvalReport.multilabel`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,16 @@ from tlcore.config import RunConfig, build_config, check_option
 from tlcore.data import TransformedDataset, collate_indexed, make_loader
 from tlcore.dataset import DatasetSplits
 from tlcore.errors import ConfigError, DataError
-from tlcore.inference import Predictor, load_checkpoint
+from tlcore.inference import MultilabelTTAModel, Predictor, load_checkpoint
 from tlcore.messages import shorten
+from tlcore.multilabel import (
+    MultilabelMetrics,
+    choose_thresholds,
+    class_probabilities,
+    is_multi_hot,
+    multilabel_metrics,
+    predicted_classes,
+)
 from tlcore.plugins import PluginHost, get_host
 from tlcore.threads import apply_budget, plan_budget, requested_threads
 from tlcore.tta import TTAModel, TTAViews, flips_allowed
@@ -37,7 +51,15 @@ CONFUSION_TABLE_MAX = 20  # larger confusion matrices are left to --json
 
 @dataclass
 class Outputs:
-    """Per-image results of a model over a dataset, in dataset order (CPU tensors)."""
+    """Per-image results of a model over a dataset, in dataset order (CPU tensors).
+
+    Multiclass (``logits`` None): as the comments below say. Multilabel
+    (``logits`` set, :func:`multilabel_outputs`): ``labels`` float32 ``(N, C)``
+    multi-hot, ``predictions`` bool ``(N, C)`` (sigmoid probability at or above
+    the class's threshold), ``confidence`` ``(N,)`` the highest class
+    probability, ``losses`` ``(N,)`` the binary cross-entropy averaged over the
+    classes, ``top_k_correct`` and the calibrated fields None.
+    """
 
     labels: torch.Tensor  # (N,) int64, the true class
     predictions: torch.Tensor  # (N,) int64, the arg-max class
@@ -49,10 +71,20 @@ class Outputs:
     # cross-entropy of that softmax; None where unknown (equal to confidence and losses when T is 1)
     calibrated_confidence: torch.Tensor | None = None
     calibrated_losses: torch.Tensor | None = None
+    # multilabel only: float32 (N, C) logits, sigmoid gives each class's probability (with TTA: the logit of the
+    # views' mean probability); None for multiclass
+    logits: torch.Tensor | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether these are a multi-label model's outputs (``logits`` kept, labels multi-hot)."""
+        return self.logits is not None
 
     @property
     def correct(self) -> torch.Tensor:
-        """(N,) bool: the arg-max class is the true one."""
+        """(N,) bool: the arg-max class is the true one (multilabel: the predicted label set is the true one)."""
+        if self.multilabel:
+            return (self.predictions == (self.labels > 0.5)).all(dim=1)
         return self.predictions == self.labels
 
 
@@ -77,7 +109,18 @@ class Metrics:
 
 @dataclass
 class EvalReport:
-    """A checkpoint's metrics on one split of a dataset, with the per-image outputs behind them."""
+    """A checkpoint's metrics on one split of a dataset, with the per-image outputs behind them.
+
+    ``task`` says which metrics it holds. ``"multiclass"``: ``metrics`` (and
+    ``tta_metrics``) as :class:`Metrics`; ``multilabel`` None. ``"multilabel"``:
+    ``metrics`` and ``tta_metrics`` are None; ``multilabel`` (and
+    ``tta_multilabel`` with TTA) hold :class:`tlcore.multilabel.MultilabelMetrics`
+    (mAP, F1 micro/macro, subset accuracy, loss, per-class AP/precision/recall/F1/
+    support/threshold), ``thresholds`` the per-class thresholds used, and
+    ``outputs`` the multi-label form of :class:`Outputs`. No calibration,
+    rejection, top-5 or confusion matrix exists for multilabel. :attr:`images`
+    counts the scored images for both.
+    """
 
     checkpoint: str
     epoch: int
@@ -85,7 +128,7 @@ class EvalReport:
     dataset: str
     data_dir: str | None
     split: str
-    metrics: Metrics
+    metrics: Metrics | None  # multiclass; None for multilabel (see ``multilabel``)
     outputs: Outputs = field(repr=False)
     data: Dataset = field(repr=False)  # the scored images, raw, in the order of ``outputs`` (labels: checkpoint's)
     unreadable: list[str] = field(default_factory=list)  # why each image left out could not be read
@@ -95,6 +138,20 @@ class EvalReport:
     tta_views: list[str] = field(default_factory=list)  # the views averaged, in order
     temperature: float = 1.0  # the checkpoint's (tlcore.calibration); 1.0: uncalibrated
     reject_below: float | None = None  # a rejection threshold to report coverage and accuracy at (--reject-below)
+    task: str = "multiclass"  # the checkpoint's: multiclass or multilabel (tlcore.multilabel.TASKS)
+    multilabel: MultilabelMetrics | None = None  # multilabel: the metrics at ``thresholds``; None for multiclass
+    tta_multilabel: MultilabelMetrics | None = None  # multilabel with TTA: the same of the views' mean probabilities
+    thresholds: list[float] | None = None  # multilabel: the probability each class is predicted at, classes order
+
+    @property
+    def images(self) -> int:
+        """How many images were scored (unreadable ones are left out)."""
+        return len(self.outputs.losses)
+
+    @property
+    def classes(self) -> list[str]:
+        """The checkpoint's classes, in its order."""
+        return list(self.metrics.classes if self.metrics is not None else self.multilabel.classes)  # type: ignore[union-attr]
 
     def calibration(self) -> dict[str, Any] | None:
         """Expected calibration error (15 bins, top label) and NLL before and after temperature scaling.
@@ -104,7 +161,7 @@ class EvalReport:
         None when the outputs lack calibrated probabilities.
         """
         out = self.outputs
-        if out.calibrated_confidence is None or out.calibrated_losses is None:
+        if out.multilabel or out.calibrated_confidence is None or out.calibrated_losses is None:
             return None
         before = reliability_bins(out.confidence, out.correct, ECE_BINS)
         after = reliability_bins(out.calibrated_confidence, out.correct, ECE_BINS)
@@ -121,7 +178,7 @@ class EvalReport:
 
     def rejection(self) -> dict[str, Any] | None:
         """Coverage and accuracy on the answered images at ``reject_below`` (calibrated top probability); None unasked."""
-        if self.reject_below is None:
+        if self.reject_below is None or self.outputs.multilabel:
             return None
         out = self.outputs
         confidence = out.calibrated_confidence if out.calibrated_confidence is not None else out.confidence
@@ -138,6 +195,7 @@ class EvalReport:
         dataset: str,
         data_dir: str | None,
         temperature: float = 1.0,
+        thresholds: torch.Tensor | list[float] | None = None,
     ) -> EvalReport:
         """The report of a run's own validation pass (``RunState.last_validation`` or ``best_validation``).
 
@@ -145,7 +203,12 @@ class EvalReport:
         val_acc and val_loss metrics.jsonl records for ``validation.epoch``.
         ``splits`` are the run's (``RunState.splits``), ``checkpoint`` the file
         holding that epoch's model (or "the model in memory"), ``temperature`` its
-        calibration (``RunState.temperatures``). Raises ValueError
+        calibration (``RunState.temperatures``). Validation labels that are float
+        multi-hot ``[N, C]`` give a multilabel report (``task`` "multilabel"):
+        ``thresholds`` (``[C]`` probabilities) are the epoch's per-class
+        thresholds; None chooses them on these outputs as the run does
+        (:func:`tlcore.multilabel.choose_thresholds`), which reproduces the
+        epoch's val_f1_micro/val_f1_macro; ``temperature`` is then unused. Raises ValueError
         when the outputs do not fit the validation split.
         """
         classes = list(splits.classes)
@@ -154,27 +217,66 @@ class EvalReport:
         positions = validation.indices.tolist()
         if positions and not 0 <= min(positions) <= max(positions) < len(splits.val):
             raise ValueError(f"validation indices run outside the validation split of {len(splits.val)} images")
-        outputs = outputs_from_logits(validation.logits, validation.labels, validation.indices, temperature)
         whole = positions == list(range(len(splits.val)))
-        return cls(
+        common = dict(
             checkpoint=checkpoint,
             epoch=validation.epoch,
             backbone=backbone,
             dataset=dataset,
             data_dir=data_dir,
             split="val",
-            metrics=compute_metrics(outputs, classes),
-            outputs=outputs,
             data=splits.val if whole else Subset(splits.val, positions),
             split_sizes=split_sizes(splits),
+        )
+        if is_multi_hot(validation.labels):
+            logits, labels = validation.logits.float(), validation.labels.float()
+            if labels.shape != logits.shape:
+                raise ValueError(f"validation labels {tuple(labels.shape)} do not fit logits {tuple(logits.shape)}")
+            if len(labels) == 0:
+                raise DataError("there are no images to evaluate")
+            if thresholds is None:
+                thresholds = choose_thresholds(torch.sigmoid(logits), labels)
+            outputs = multilabel_outputs(logits, labels, thresholds, validation.indices)  # type: ignore[arg-type]
+            chosen = torch.as_tensor(thresholds, dtype=torch.float32).tolist()
+            return cls(
+                **common,  # type: ignore[arg-type]
+                metrics=None,
+                outputs=outputs,
+                task="multilabel",
+                multilabel=multilabel_metrics(outputs.logits, labels, chosen, classes),  # type: ignore[arg-type]
+                thresholds=chosen,
+            )
+        outputs = outputs_from_logits(validation.logits, validation.labels, validation.indices, temperature)
+        return cls(
+            **common,  # type: ignore[arg-type]
+            metrics=compute_metrics(outputs, classes),
+            outputs=outputs,
             temperature=temperature,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, as `tlcore eval --json` prints it (``tta``: the TTA metrics and views, when asked)."""
+        """JSON-ready form, as `tlcore eval --json` prints it (``tta``: the TTA metrics and views, when asked).
+
+        Multilabel: ``task`` "multilabel", ``classes``, ``images`` and the keys of
+        :meth:`tlcore.multilabel.MultilabelMetrics.to_dict` (map, f1_micro, f1_macro,
+        precision_macro, recall_macro, subset_accuracy, loss, per_class) in place of the multiclass metrics.
+        """
         head = {key: getattr(self, key) for key in ("checkpoint", "epoch", "backbone", "dataset", "data_dir", "split")}
         skipped = {"unreadable_images": len(self.unreadable), "unreadable": list(self.unreadable)}
-        record = {**head, "split_sizes": dict(self.split_sizes), **self.metrics.to_dict(), **skipped}
+        if self.multilabel is not None:
+            record = {
+                **head,
+                "task": self.task,
+                "split_sizes": dict(self.split_sizes),
+                "classes": list(self.multilabel.classes),
+                **self.multilabel.to_dict(),
+                **skipped,
+            }
+            if self.tta_multilabel is not None:
+                record["tta"] = {"views": list(self.tta_views), **self.tta_multilabel.to_dict()}
+            return record
+        assert self.metrics is not None  # multiclass
+        record = {**head, "task": self.task, "split_sizes": dict(self.split_sizes), **self.metrics.to_dict(), **skipped}
         if self.tta_metrics is not None:
             record["tta"] = {"views": list(self.tta_views), **self.tta_metrics.to_dict()}
         calibration, rejection = self.calibration(), self.rejection()
@@ -187,7 +289,12 @@ class EvalReport:
 
 @torch.inference_mode()
 def collect_outputs(
-    model: torch.nn.Module, loader, device: torch.device, skipped: list[str] | None = None, temperature: float = 1.0
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    skipped: list[str] | None = None,
+    temperature: float = 1.0,
+    thresholds: list[float] | torch.Tensor | None = None,
 ) -> Outputs:
     """Run the model over a loader of normalised images; per-image outputs, read from the device once.
 
@@ -196,21 +303,16 @@ def collect_outputs(
     ones (:func:`tlcore.data.collate_indexed`). Unreadable images are appended
     to ``skipped`` and left out; with ``skipped`` None the first one is a
     DataError (strict). ``temperature`` gives the calibrated confidence and losses (:func:`per_image`).
+    With ``thresholds`` (``[C]`` probabilities) the model is a multi-label one: labels are multi-hot
+    ``[B, C]`` and the outputs are :func:`multilabel_outputs` at those thresholds (``temperature`` unused).
     """
+    if thresholds is not None:
+        return _collect_multilabel(model, loader, device, skipped, thresholds)
     model.eval()
     keys = ("labels", "predictions", "confidence", "losses", "top", "calibrated_confidence", "calibrated_losses")
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     positions: list[torch.Tensor] = []
-    for images, labels, *rest in loader:
-        unreadable = rest[0] if rest else []
-        if unreadable and skipped is None:
-            raise DataError(f"{unreadable[0]}; stopped by --strict (without it, such images are skipped and counted)")
-        if skipped is not None:
-            skipped.extend(unreadable)
-        if len(rest) > 1:
-            positions.append(rest[1])
-        if labels.numel() == 0:  # every image of the batch was unreadable
-            continue
+    for images, labels in _batches(loader, skipped, positions):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         for key, value in per_image(model(images).float(), labels, temperature).items():
             parts[key].append(value)
@@ -229,6 +331,81 @@ def collect_outputs(
         indices,
         joined["calibrated_confidence"],
         joined["calibrated_losses"],
+    )
+
+
+def _batches(loader, skipped: list[str] | None, positions: list[torch.Tensor]):
+    """The loader's readable ``(images, labels)`` batches; unreadable images handled as :func:`collect_outputs` says."""
+    for images, labels, *rest in loader:
+        unreadable = rest[0] if rest else []
+        if unreadable and skipped is None:
+            raise DataError(f"{unreadable[0]}; stopped by --strict (without it, such images are skipped and counted)")
+        if skipped is not None:
+            skipped.extend(unreadable)
+        if len(rest) > 1:
+            positions.append(rest[1])
+        if labels.numel() == 0:  # every image of the batch was unreadable
+            continue
+        yield images, labels
+
+
+def _collect_multilabel(
+    model: torch.nn.Module, loader, device: torch.device, skipped: list[str] | None, thresholds
+) -> Outputs:
+    """:func:`collect_outputs` of a multi-label model: its logits and multi-hot labels kept whole, then scored."""
+    model.eval()
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    positions: list[torch.Tensor] = []
+    for images, batch_labels in _batches(loader, skipped, positions):
+        out = model(images.to(device, non_blocking=True)).float()
+        if not is_multi_hot(batch_labels) or batch_labels.shape != out.shape:
+            raise DataError(
+                f"a multilabel model needs multi-hot labels [images, {out.shape[1]}]; the data gives "
+                f"{batch_labels.dtype} {tuple(batch_labels.shape)} for a batch of {len(out)} images"
+            )
+        logits.append(out)
+        labels.append(batch_labels)
+    if not logits:
+        reason = f": none could be read ({skipped[0]})" if skipped else ""
+        raise DataError(f"there are no images to evaluate{reason}")
+    indices = torch.cat(positions).to(torch.int64) if positions else None
+    return multilabel_outputs(torch.cat(logits).cpu(), torch.cat(labels).float(), thresholds, indices)
+
+
+def multilabel_outputs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    thresholds: list[float] | torch.Tensor,
+    indices: torch.Tensor | None = None,
+) -> Outputs:
+    """Multi-label :class:`Outputs` from logits ``[N, C]``, multi-hot labels ``[N, C]`` and thresholds ``[C]``.
+
+    A class is predicted when ``sigmoid(logit) >= threshold``
+    (:func:`tlcore.multilabel.predicted_classes`, the rule predict and training use). Raises
+    DataError for no images, ValueError for shapes that do not match.
+    """
+    threshold = torch.as_tensor(thresholds, dtype=torch.float64).cpu()
+    if logits.ndim != 2 or labels.shape != logits.shape or threshold.shape != (logits.shape[1],):
+        raise ValueError(
+            f"logits must be [N, C], labels [N, C] and thresholds [C]; got {tuple(logits.shape)}, "
+            f"{tuple(labels.shape)} and {tuple(threshold.shape)}"
+        )
+    if indices is not None and indices.shape != (len(labels),):
+        raise ValueError(f"indices must be [N]; got {tuple(indices.shape)} for {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError("there are no images to evaluate")
+    logits, targets = logits.float().cpu(), (labels > 0.5).float().cpu()
+    probabilities = class_probabilities(logits)
+    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=1)
+    return Outputs(
+        labels=targets,
+        predictions=predicted_classes(logits, threshold),
+        confidence=probabilities.max(dim=1).values.float(),
+        losses=losses,
+        top_k_correct=None,
+        indices=None if indices is None else indices.cpu().to(torch.int64),
+        logits=logits,
     )
 
 
@@ -361,6 +538,13 @@ def evaluate_checkpoint(
     ``options`` are values of options plugins declare (``--image-column``: see
     :mod:`tlcore.plugin_options`); the ones the checkpoint recorded fill in the rest
     for its own dataset.
+
+    A multilabel checkpoint (``Predictor.task``) has the dataset read as multi-label
+    (``DatasetOptions.multilabel``) and is reported in :attr:`EvalReport.multilabel` at its
+    thresholds; with ``tta`` the views' sigmoid probabilities are averaged per class
+    (:class:`tlcore.inference.MultilabelTTAModel`), in :attr:`EvalReport.tta_multilabel`.
+    ``reject_below`` means nothing there (no single top probability): ConfigError. ConfigError
+    too when the data read is single-label for a multilabel checkpoint, or the reverse (:func:`tlcore.build.check_task`).
     """
     reject_below = check_reject_below(reject_below)
     if split is not None and split not in SPLITS:
@@ -369,9 +553,11 @@ def evaluate_checkpoint(
     check_option("workers", workers)
     host = host or get_host()
     predictor = checkpoint if isinstance(checkpoint, Predictor) else load_checkpoint(checkpoint, device, host)
+    multilabel = predictor.multilabel
+    predictor.check_options(None, reject_below)  # what the checkpoint's task accepts: no rejection for multilabel
     config, other_folder = eval_data_config(predictor, dataset, data_dir, options, host)
     name, data_dir = config.dataset, config.data_dir
-    splits = build_dataset(config, host)
+    splits = build_dataset(config, host)  # checks the data is of the checkpoint's task (tlcore.build.check_task)
     split = split or ("all" if other_folder else "val")
     raw = align_classes(pick_split(splits, split, name), splits.classes, predictor.classes, name)
     sizes = split_sizes(splits)
@@ -382,35 +568,57 @@ def evaluate_checkpoint(
     loader = make_loader(dataset, batch_size, None, workers, pin_memory=pin, collate_fn=collate_indexed)
     unreadable: list[str] = []
     skipped = None if strict else unreadable
-    outputs = collect_outputs(predictor.model, loader, predictor.device, skipped, predictor.temperature)
+    thresholds = predictor.thresholds if multilabel else None
+    outputs = collect_outputs(predictor.model, loader, predictor.device, skipped, predictor.temperature, thresholds)
     tta_outputs, tta_views = None, []
     if tta:
         views = TTAViews(predictor.preprocessing, predictor.image_size, flip=_tta_flips(predictor, splits, name))
         viewed = TransformedDataset(raw, views, tolerant=True, with_index=True)
         loader = make_loader(viewed, batch_size, None, workers, pin_memory=pin, collate_fn=collate_indexed)
-        # the mean of the views' calibrated probabilities, as `predict --tta` gives
-        tta_outputs = collect_outputs(TTAModel(predictor.calibrated), loader, predictor.device, None if strict else [])
+        # the mean of the views' calibrated probabilities (multilabel: sigmoid per class), as `predict --tta` gives
+        model = MultilabelTTAModel(predictor.model) if multilabel else TTAModel(predictor.calibrated)
+        tta_outputs = collect_outputs(model, loader, predictor.device, None if strict else [], thresholds=thresholds)
         tta_views = views.names
     if unreadable and outputs.indices is not None:  # the report's images must line up with the outputs
         raw = Subset(raw, outputs.indices.tolist())
+    classes = predictor.classes
+    if multilabel:
+        scores = {
+            "metrics": None,
+            "tta_metrics": None,
+            "multilabel": multilabel_metrics(outputs.logits, outputs.labels, thresholds, classes),  # type: ignore[arg-type]
+            "tta_multilabel": None
+            if tta_outputs is None
+            else multilabel_metrics(tta_outputs.logits, tta_outputs.labels, thresholds, classes),  # type: ignore[arg-type]
+            "thresholds": list(thresholds),  # type: ignore[arg-type]
+        }
+    else:
+        scores = {
+            "metrics": compute_metrics(outputs, classes),
+            "tta_metrics": compute_metrics(tta_outputs, classes) if tta_outputs is not None else None,
+        }
     return EvalReport(
-        checkpoint=str(predictor.path) if predictor.path is not None else "the model in memory",
+        checkpoint=_checkpoint_name(predictor),
         epoch=predictor.info.epoch,
         backbone=predictor.info.backbone,
         dataset=name,
         data_dir=data_dir,
         split=split,
-        metrics=compute_metrics(outputs, predictor.classes),
         outputs=outputs,
         data=raw,
         unreadable=unreadable,
         split_sizes=sizes,
-        tta_metrics=compute_metrics(tta_outputs, predictor.classes) if tta_outputs is not None else None,
         tta_outputs=tta_outputs,
         tta_views=tta_views,
         temperature=predictor.temperature,
         reject_below=reject_below,
+        task=predictor.task,
+        **scores,  # type: ignore[arg-type]
     )
+
+
+def _checkpoint_name(predictor: Predictor) -> str:
+    return str(predictor.path) if predictor.path is not None else "the model in memory"
 
 
 def loader_workers(dataset: Dataset, image_size: int, device: torch.device, workers: int | None) -> int:
@@ -475,6 +683,8 @@ def eval_data_config(
         "data_dir": data_dir,
         "seed": recorded.get("seed"),
         "val_fraction": recorded.get("val_fraction"),
+        # a multilabel checkpoint has its data read as multi-label (DatasetOptions.multilabel)
+        "task": predictor.task,
         # the plugins' options: the ones given here over the recorded ones (for the recorded dataset only)
         "plugin_options": recorded.get("options") if same_dataset else None,
         **(options or {}),
@@ -515,21 +725,36 @@ def split_sizes(splits: DatasetSplits) -> dict[str, int]:
 
 
 class _Relabelled(Dataset):
-    """A dataset whose label indices are mapped to another class order."""
+    """A dataset whose labels are mapped to another class order.
+
+    ``mapping[i]`` is the new index of the dataset's class ``i``: a class index
+    label becomes ``mapping[label]``, a multi-hot row ``[C]`` has its column ``i`` moved to ``mapping[i]``.
+    """
 
     def __init__(self, base: Dataset, mapping: list[int]):
         self.base, self.mapping = base, mapping
+        self.columns = torch.tensor(mapping, dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int):
         image, label = self.base[index]
+        if isinstance(label, torch.Tensor) and label.ndim == 1:  # multi-hot
+            if label.shape != self.columns.shape:
+                columns = len(self.columns)
+                raise DataError(f"image {index} has a multi-hot label of {len(label)} columns for {columns} classes")
+            moved = torch.zeros_like(label)
+            moved[self.columns] = label
+            return image, moved
         return image, self.mapping[int(label)]
 
 
 def align_classes(data: Dataset, data_classes: list[str], model_classes: list[str], name: str) -> Dataset:
-    """The dataset with labels in the model's class order; DataError naming the classes when the sets differ."""
+    """The dataset with labels in the model's class order; DataError naming the classes when the sets differ.
+
+    Class index labels are renumbered; multi-hot labels ``[C]`` have their columns reordered.
+    """
     if data_classes == model_classes:
         return data
     if sorted(data_classes) != sorted(model_classes):
@@ -557,7 +782,7 @@ def _skipped_lines(unreadable: list[str]) -> list[str]:
 
 def _scored(report: EvalReport) -> str:
     """Which images were scored and how many, saying so whenever they are a subset of the dataset."""
-    sizes, images = report.split_sizes, report.metrics.images
+    sizes, images = report.split_sizes, report.images
     parts = ", ".join(f"{key} {count}" for key, count in sizes.items())
     if report.split == "all" or not sizes:
         return f"{report.split} splits, {images} images" + (f" ({parts})" if parts else "")
@@ -609,9 +834,64 @@ def _calibration_lines(report: EvalReport) -> list[str]:
     return lines
 
 
+def _number(value: float | None) -> str:
+    """A metric to 4 decimals; n/a where undefined (None or NaN: no positive image)."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def _multilabel_summary(m: MultilabelMetrics) -> str:
+    return (
+        f"mAP {_number(m.map)}, F1 micro {_number(m.f1_micro)} macro {_number(m.f1_macro)}, "
+        f"subset accuracy {_number(m.subset_accuracy)}, loss {_number(m.loss)}"
+    )
+
+
+def render_multilabel(report: EvalReport) -> str:
+    """The readable table `tlcore eval` prints for a multilabel checkpoint: summary, then one row per class."""
+    m = report.multilabel
+    assert m is not None
+    where = f"{report.dataset}" + (f" ({report.data_dir})" if report.data_dir else "")
+    with_positives = sum(1 for ap in m.ap if ap is not None)
+    exact = int(report.outputs.correct.sum())
+    lines = [
+        f"checkpoint  {report.checkpoint} (epoch {report.epoch}, {report.backbone}), multilabel",
+        f"data        {where}, {_scored(report)}",
+        *_skipped_lines(report.unreadable),
+        f"mAP         {_number(m.map)} (mean average precision over the {with_positives} of {len(m.classes)} classes "
+        "with a positive image)",
+        f"F1          micro {_number(m.f1_micro)}, macro {_number(m.f1_macro)} "
+        f"(precision {_number(m.precision_macro)}, recall {_number(m.recall_macro)}, macro) at the checkpoint's thresholds",
+        f"subset acc  {_number(m.subset_accuracy)} ({exact}/{m.images} images with exactly the true labels at these "
+        "thresholds; the run's val_acc counts them at 0.5)",
+    ]
+    t = report.tta_multilabel
+    if t is not None:
+        mirrored = " and their mirrors" if len(report.tta_views) > 5 else " (not mirrored: flips may change the labels)"
+        lines.append(
+            f"with TTA    {_multilabel_summary(t)}: mean sigmoid probability of {len(report.tta_views)} views, "
+            f"centre and corner crops{mirrored}"
+        )
+    lines += [f"loss        {_number(m.loss)} (binary cross-entropy, mean over images and classes)", ""]
+    width = max(9, *(len(c) for c in m.classes))
+    lines.append(f"{'class':<{width}}  threshold      AP  precision  recall     f1  support  predicted")
+    for row in m.per_class():
+        lines.append(
+            f"{row['class']:<{width}}  {row['threshold']:>9.4f}  {_number(row['ap']):>6}  {row['precision']:>9.4f}  "
+            f"{row['recall']:>6.4f}  {row['f1']:>6.4f}  {row['support']:>7}  {row['predicted']:>9}"
+        )
+    lines.append(
+        f"{'macro avg':<{width}}  {'':>9}  {_number(m.map):>6}  {m.precision_macro:>9.4f}  {m.recall_macro:>6.4f}  "
+        f"{m.f1_macro:>6.4f}  {sum(m.support):>7}  {sum(m.predicted):>9}"
+    )
+    return "\n".join(lines)
+
+
 def render_report(report: EvalReport) -> str:
-    """The readable table `tlcore eval` prints."""
+    """The readable table `tlcore eval` prints (:func:`render_multilabel` for a multilabel checkpoint)."""
+    if report.multilabel is not None:
+        return render_multilabel(report)
     m = report.metrics
+    assert m is not None
     where = f"{report.dataset}" + (f" ({report.data_dir})" if report.data_dir else "")
     lines = [
         f"checkpoint  {report.checkpoint} (epoch {report.epoch}, {report.backbone})",

@@ -11,6 +11,13 @@ TorchScript and .pt2 archives, metadata in ONNX). The run's model card
 (README.md, tlcore.model_card), when the checkpoint's folder has one, is copied
 beside it as ``<artifact>.md``.
 
+A multilabel checkpoint's artifact returns its raw logits (no temperature);
+``sigmoid`` of each gives that class's probability, and the metadata carries
+``task`` "multilabel" and ``thresholds`` (one per class, ``classes`` order): a
+class is predicted when its probability is at or above its threshold, as
+`tlcore predict` decides. The parity check compares these logits, which bounds
+the probabilities' difference too (sigmoid's slope is at most 1/4).
+
 Each export is loaded back and compared with the checkpoint's calibrated model
 (:attr:`tlcore.inference.Predictor.calibrated`, what `predict` uses) on sample
 inputs of another batch size before the file is moved into place, so a file
@@ -149,6 +156,13 @@ def export_metadata(predictor: Predictor, fmt: str, target: Path) -> dict[str, A
     pre = predictor.preprocessing
     size = predictor.image_size
     info = predictor.info
+    if predictor.multilabel:
+        meaning = (
+            "logits: sigmoid of each gives that class's probability; the image has every class whose probability "
+            "is at or above its entry in thresholds"
+        )
+    else:
+        meaning = "calibrated logits: the model's logits divided by temperature; softmax gives the probabilities"
     return {
         "format": "tlcore-export",
         "format_version": 1,
@@ -159,8 +173,11 @@ def export_metadata(predictor: Predictor, fmt: str, target: Path) -> dict[str, A
         "output": {
             "name": "logits",
             "shape": ["batch", len(predictor.classes)],
-            "meaning": "calibrated logits: the model's logits divided by temperature; softmax gives the probabilities",
+            "meaning": meaning,
         },
+        "task": predictor.task,
+        # multilabel: the probability at or above which each class is predicted (classes order); null for multiclass
+        "thresholds": None if predictor.thresholds is None else list(predictor.thresholds),
         "temperature": predictor.temperature,
         "preprocessing": {
             # the same steps as training validation (tlcore.data.build_transform with train=False)

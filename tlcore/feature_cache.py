@@ -86,7 +86,7 @@ def compute_features(
     was_training = backbone.training
     backbone.eval()
     features: torch.Tensor | np.ndarray | None = None
-    labels = torch.empty(count, dtype=torch.int64)
+    labels: torch.Tensor | None = None  # int64 [N], or float32 [N, C] multi-hot: known from the first batch
     spilled_to = None
     start = 0
     for images, batch_labels, unreadable in batches:
@@ -102,6 +102,8 @@ def compute_features(
                 spill_dir.mkdir(parents=True, exist_ok=True)
                 spilled_to = spill_dir / f"{name}-{key[:16]}.npy"
                 features = np.lib.format.open_memmap(spilled_to, mode="w+", dtype=np.float32, shape=(count, batch.shape[1]))
+        if labels is None:
+            labels = torch.empty((count, *batch_labels.shape[1:]), dtype=batch_labels.dtype)
         end = start + len(batch)
         features[start:end] = batch.numpy() if isinstance(features, np.ndarray) else batch
         labels[start:end] = batch_labels.cpu()
@@ -110,7 +112,7 @@ def compute_features(
     if isinstance(features, np.ndarray):
         features.flush()
         features = torch.from_numpy(np.load(spilled_to, mmap_mode="r+"))
-    return CachedFeatures(features, labels, key, spilled_to)
+    return CachedFeatures(features, labels if labels is not None else torch.empty(0, dtype=torch.int64), key, spilled_to)
 
 
 def remove_spill_files(*caches: CachedFeatures) -> None:

@@ -80,6 +80,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``tensor`` on the CPU that shares no memory with it, made in one copy.
+
+    What a safetensors file needs (contiguous tensors, no shared storage: channels-last weights, tied weights)
+    and what a background write needs (a snapshot that training can no longer change). Same dtype and values;
+    ``clone().contiguous()`` would copy channels-last tensors twice.
+    """
+    import torch
+
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file written through :func:`atomic_file`.
 

@@ -23,6 +23,14 @@ from tlcore.callbacks.base import CallbackList
 from tlcore.errors import DataError, TlcoreError
 from tlcore.interrupt import RunInterrupted, StopRequest
 from tlcore.memory import PeakMemory
+from tlcore.multilabel import (
+    choose_thresholds,
+    class_probabilities,
+    exact_matches,
+    is_multi_hot,
+    multilabel_metrics,
+    summed_loss,
+)
 from tlcore.optim import Optimisation
 from tlcore.resume import STATE_FILE, save_train_state
 from tlcore.state import KEEP_VALIDATION_MAX, RunState, ValidationOutputs
@@ -60,7 +68,9 @@ def evaluate(
 ):
     """Summed plain cross-entropy, correct count and image count over a batch source; None if a stop came first.
 
-    Unreadable images are left out (:func:`noting_unreadable` counts them for a run). ``kept``, when
+    Multi-label batches (float multi-hot labels ``[N, C]``) sum the plain binary cross-entropy (the mean over
+    classes per image) and count images whose every class is right at probability 0.5. Unreadable images are
+    left out (:func:`noting_unreadable` counts them for a run). ``kept``, when
     given, receives each batch's ``(float32 logits, labels)``, left on the device: no synchronisation per
     step (:func:`validation_outputs` moves them once).
     """
@@ -76,23 +86,43 @@ def evaluate(
             continue
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-        loss_sum += criterion(logits.float(), labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += labels.numel()
+        if is_multi_hot(labels):
+            loss_sum += summed_loss(logits.float(), labels)
+            correct += exact_matches(logits, labels)
+        else:
+            loss_sum += criterion(logits.float(), labels)
+            correct += (logits.argmax(dim=1) == labels).sum()
+        seen += len(labels)  # images (multi-hot labels hold C entries each)
         if kept is not None:
             kept.append((logits.float(), labels))
     return loss_sum, correct, seen
+
+
+def multilabel_scores(kept: list | None, classes: list[str]) -> dict[str, float]:
+    """A multilabel epoch's ``val_map``, ``val_f1_micro`` and ``val_f1_macro`` from the kept validation logits.
+
+    F1 is at the thresholds chosen on these same images (:func:`tlcore.multilabel.choose_thresholds`), the
+    ones the epoch's checkpoint carries. Raises TlcoreError when nothing was kept (a distributed run, which
+    multilabel does not support, or a validation split with no readable image).
+    """
+    if not kept:
+        raise TlcoreError("a multilabel run needs the validation logits of every epoch, and none were kept")
+    logits = torch.cat([batch_logits for batch_logits, _ in kept]).cpu()
+    labels = torch.cat([batch_labels for _, batch_labels in kept]).cpu()
+    scores = multilabel_metrics(logits, labels, choose_thresholds(class_probabilities(logits), labels), classes)
+    return {"val_map": scores.map, "val_f1_micro": scores.f1_micro, "val_f1_macro": scores.f1_macro}
 
 
 def keeps_validation(run: RunState) -> bool:
     """Whether this epoch's validation logits are kept (``run.last_validation``; the report and calibration use them).
 
     In one process, when the split is known and holds at most KEEP_VALIDATION_MAX logits; a distributed run
-    scores a shard per process, and is left to score the split again.
+    scores a shard per process, and is left to score the split again. A multilabel run always keeps them: its
+    mAP and thresholds are computed from them.
     """
     if run.place.enabled or run.splits is None:
         return False
-    return len(run.splits.val) * len(run.classes) <= KEEP_VALIDATION_MAX
+    return run.config.task == "multilabel" or len(run.splits.val) * len(run.classes) <= KEEP_VALIDATION_MAX
 
 
 def validation_outputs(run: RunState, kept: list | None, seen: int) -> ValidationOutputs | None:
@@ -105,7 +135,8 @@ def validation_outputs(run: RunState, kept: list | None, seen: int) -> Validatio
     if not kept or run.splits is None or seen != len(run.splits.val):
         return None
     logits = torch.cat([batch_logits for batch_logits, _ in kept]).cpu()
-    labels = torch.cat([batch_labels for _, batch_labels in kept]).cpu().to(torch.int64)
+    labels = torch.cat([batch_labels for _, batch_labels in kept]).cpu()
+    labels = labels.float() if is_multi_hot(labels) else labels.to(torch.int64)
     if logits.shape[0] != seen:
         return None
     return ValidationOutputs(run.epoch + 1, logits, labels, torch.arange(seen, dtype=torch.int64))
@@ -251,8 +282,11 @@ def forward_backward(
     with distributed.no_sync(forward, world, skip=not last):
         optim.scaler.scale(loss / share).backward()
     # accumulate on the device: no host synchronisation per step
-    run.train_loss_sum += loss.detach() * labels.numel()
-    sums.correct += (logits.detach().argmax(dim=1) == scored).sum()
+    run.train_loss_sum += loss.detach() * len(labels)
+    if is_multi_hot(scored):
+        sums.correct += exact_matches(logits.detach(), scored)
+    else:
+        sums.correct += (logits.detach().argmax(dim=1) == scored).sum()
     run.epoch_images += len(labels)
     return True
 
@@ -319,11 +353,16 @@ def epoch_metrics(
     memory: PeakMemory,
     trainable: list[str],
     ema_val: tuple = (),
+    kept: list | None = None,
+    kept_ema: list | None = None,
 ) -> dict[str, Any]:
     """The epoch's metrics, summed over every process (the keys docs/plugins.md lists for ``on_epoch_end``).
 
     ``ema_val``: the moving average's validation sums under --ema (adds ``ema_val_loss``, ``ema_val_acc`` and
     ``checkpoint_weights``); under --clip-grad ``grad_norm`` is the mean pre-clip total gradient norm.
+    ``kept`` (``kept_ema``): the validation logits :func:`evaluate` kept; a multilabel run's
+    ``val_map``, ``val_f1_micro`` and ``val_f1_macro`` (``ema_val_map``) come from them
+    (:func:`multilabel_scores`), and the average is held when its mAP is higher.
     """
     world, device = run.place, run.device
     clipped = [sums.grad_norm_sum, sums.grad_norm_steps] if sums.grad_norm_sum is not None else []
@@ -331,9 +370,15 @@ def epoch_metrics(
         [run.train_loss_sum, sums.correct, run.epoch_images, *val, *ema_val, *clipped], world, device
     )
     extra: dict[str, Any] = {}
+    if run.config.task == "multilabel":
+        extra.update(multilabel_scores(kept, run.classes))
     if ema_val:
         extra["ema_val_loss"], extra["ema_val_acc"] = totals[6] / totals[8], totals[7] / totals[8]
-        extra["checkpoint_weights"] = ema.checkpoint_weights(totals[4] / totals[5], extra["ema_val_acc"])
+        held, averaged = totals[4] / totals[5], extra["ema_val_acc"]
+        if run.config.task == "multilabel":
+            extra["ema_val_map"] = multilabel_scores(kept_ema, run.classes)["val_map"]
+            held, averaged = extra["val_map"], extra["ema_val_map"]
+        extra["checkpoint_weights"] = ema.checkpoint_weights(held, averaged)
     if clipped:
         norm_sum, norm_steps = totals[-2:]
         # the mean over processes' steps: each clipped the same synchronised gradients

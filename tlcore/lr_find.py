@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from tlcore import heap
 from tlcore.config import RunConfig
 from tlcore.distributed import Distributed
 from tlcore.errors import ConfigError, ResourceError
@@ -141,6 +142,7 @@ def _find_lr(config, host, world, device, start_lr: float, end_lr: float, steps:
     config = dataclasses.replace(config, lr=1.0, ema=None)  # each group's rate is then its lr_scale times the ramp
     parts = build_parts(config, host, world, device, resuming=False)
     optim = build_optimisation(config, parts, device, world)
+    heap.started()  # the tlcore command's start-up is over (tlcore/heap.py)
     trainable = parts.policy.trainable_groups(parts.group_names, 0)  # the run's first epoch
     parts.model.set_keep_in_eval(apply_trainable(parts.model, parts.backbone, trainable, config.bn_mode, parts.policy))
     parts.model.train()
@@ -185,8 +187,8 @@ def _step_loss(model, micro_batches, size: int, optim, device: torch.device, epo
         with torch.autocast(device.type, dtype=optim.amp_dtype, enabled=optim.amp_dtype is not None):
             loss = optim.criterion(model(images).float(), targets)
         optim.scaler.scale(loss / size).backward()
-        part = loss.detach() * labels.numel()
-        total, seen = (part if total is None else total + part), seen + labels.numel()
+        part = loss.detach() * len(labels)
+        total, seen = (part if total is None else total + part), seen + len(labels)
     return None if total is None else total / seen
 
 

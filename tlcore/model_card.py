@@ -3,7 +3,10 @@
 It says what a person needs before using the weights: the backbone and where
 its starting weights came from, the data and how it was split, the classes in
 output order, the exact preprocessing, the results with a confusion summary,
-the command that trained it, the versions, and the intended use. It is
+the command that trained it, the versions, and the intended use. A multi-label
+run's card (``--task multilabel``) states the task, selects on val_map, and
+gives the per-class thresholds, the rule that turns logits into labels, and
+per-class AP, precision, recall and F1 instead of the confusion summary. It is
 written (atomically) after every epoch, so a run stopped at any point has a
 card matching its checkpoints, and once more when the run ends, saying how
 it ended. The front matter is the Hugging Face Hub's model-card metadata, so
@@ -42,6 +45,8 @@ MAX_CLASS_ROWS = 30  # per-class rows of the confusion summary; beyond, the wors
 MAX_EPOCH_ROWS = 20  # rows of the per-epoch table (the last ones)
 MAX_RESUMES = 100  # resume commands kept (the latest)
 TOP_CONFUSIONS = 5
+# a multilabel card's front-matter tag; copy_card_for_export reads it back to describe the exported outputs
+MULTILABEL_TAG = "- multi-label-classification"
 
 
 class ModelCard(Callback):
@@ -148,6 +153,7 @@ def render_card(
     ``argv``: the command that started the run; ``resumed``: those that resumed it (``--resume``), in order.
     """
     config = run.config
+    multilabel = config.task == "multilabel"
     best = _best_record(run)
     last = run.history[-1] if run.history else None
     pre = run.backbone.preprocessing
@@ -158,6 +164,7 @@ def render_card(
         "pipeline_tag: image-classification",
         "tags:",
         "- image-classification",
+        MULTILABEL_TAG if multilabel else None,
         "- transfer-learning",
         "- tlcore",
         "---",
@@ -165,8 +172,9 @@ def render_card(
         "",
         f"# {_text(config.dataset)} classifier: {_text(config.backbone)}",
         "",
-        f"A {len(run.classes)}-class image classifier: the backbone `{_code(config.backbone)}` with a "
-        f"`{_code(config.head)}` head, fine-tuned with tlcore on `{_code(config.dataset)}`.",
+        f"A {len(run.classes)}-class {'multi-label ' if multilabel else ''}image classifier: the backbone "
+        f"`{_code(config.backbone)}` with a `{_code(config.head)}` head, fine-tuned with tlcore on "
+        f"`{_code(config.dataset)}`." + (" An image may carry any number of the classes." if multilabel else ""),
         "",
         f"Status: {ending or f'in progress (written after epoch {len(run.history)} of {config.epochs})'}.",
         "",
@@ -178,6 +186,8 @@ def render_card(
         + (f" (hidden {config.head_hidden}, dropout {config.head_dropout})" if config.head == "mlp" else ""),
         f"- Freezing: `{_code(config.freeze)}`"
         + (f" up to `{_code(str(config.freeze_to))}`" if config.freeze_to is not None else ""),
+        "- Task: multi-label (`--task multilabel`): one sigmoid per class, binary cross-entropy loss; the best epoch "
+        "is the one with the highest val_map (mean average precision over the classes)" if multilabel else None,
         f"- Files: {_files(run, best)}",
         "",
         "## Data",
@@ -199,12 +209,16 @@ def render_card(
         f"6. Feed as NCHW float32, shape (N, 3, {size}, {size}).",
         "",
         "The checkpoint's metadata holds the same recipe, and `tlcore predict --checkpoint RUN IMAGE` applies it. "
-        "Probabilities are calibrated: divide the logits by the checkpoint's temperature "
-        f"({_temperature(run, best)}) before the softmax (`tlcore predict` and `tlcore export` do).",
+        + (
+            _multilabel_prediction_rule(run, best)
+            if multilabel
+            else "Probabilities are calibrated: divide the logits by the checkpoint's temperature "
+            f"({_temperature(run, best)}) before the softmax (`tlcore predict` and `tlcore export` do)."
+        ),
         "",
         "## Results",
         "",
-        *_results(run, best, last),
+        *(_multilabel_results(run, best, last) if multilabel else _results(run, best, last)),
         "",
         "## Training",
         "",
@@ -226,7 +240,9 @@ def render_card(
         "",
         "## Intended use and limitations",
         "",
-        f"Classifying images like those of `{_code(config.dataset)}` into the {len(run.classes)} classes above. "
+        _multilabel_use(config.dataset, len(run.classes))
+        if multilabel
+        else f"Classifying images like those of `{_code(config.dataset)}` into the {len(run.classes)} classes above. "
         "It always answers one of these classes: an image of anything else still gets one, so use a rejection "
         "threshold (`tlcore predict --reject-below P`) where other images can occur. The accuracy above is measured "
         "on the validation split described under Data; expect it to hold only for images from the same source, "
@@ -239,17 +255,29 @@ def render_card(
 
 def _best_record(run: RunState) -> dict | None:
     """The metrics of the epoch best.safetensors holds (the checkpoint callback's choice, which under --ema
-    weighs the averaged weights), else of the epoch with the highest val_acc (the first, on ties)."""
+    weighs the averaged weights), else of the epoch with the highest val_acc (multilabel: val_map; the first, on
+    ties; a NaN mAP, no class with a positive image, ranks lowest)."""
     saved = run.saved_epochs.get("best.safetensors")
     held = next((m for m in run.history if m.get("epoch") == saved), None)
-    return held if held is not None else max(run.history, key=lambda m: m["val_acc"], default=None)
+    key = _selection_key(run)
+    return held if held is not None else max(run.history, key=lambda m: _score(m.get(key)), default=None)
+
+
+def _selection_key(run: RunState) -> str:
+    """The metric the best epoch is chosen on: val_map for a multilabel run, val_acc otherwise."""
+    return "val_map" if run.config.task == "multilabel" else "val_acc"
+
+
+def _score(value: Any) -> float:
+    """A metric as a number to rank epochs by; missing or NaN ranks below every number."""
+    return float(value) if isinstance(value, (int, float)) and value == value else float("-inf")
 
 
 def _files(run: RunState, best: dict | None) -> str:
     saved = run.saved_epochs
     parts = []
     if "best.safetensors" in saved:
-        parts.append(f"`best.safetensors` (epoch {saved['best.safetensors']}, the highest val_acc)")
+        parts.append(f"`best.safetensors` (epoch {saved['best.safetensors']}, the highest {_selection_key(run)})")
     elif best is not None:
         parts.append(f"`best.safetensors` (epoch {best['epoch']})")
     if "last.safetensors" in saved:
@@ -387,6 +415,138 @@ def _confusion_summary(outputs: ValidationOutputs, classes: list[str]) -> list[s
     return lines
 
 
+# -- multi-label (--task multilabel) ---------------------------------------------------------------------------------
+
+MULTILABEL_EPOCH_KEYS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_map", "val_f1_micro", "val_f1_macro",
+    "ema_val_map", "lr",
+)
+
+
+def _multilabel_prediction_rule(run: RunState, best: dict | None) -> str:
+    """How a multi-label checkpoint's outputs become labels: a sigmoid per class against that class's threshold."""
+    held = f"; those of best.safetensors (epoch {best['epoch']}) are under Results" if best is not None else ""
+    return (
+        "Predictions: apply a sigmoid to each logit on its own (no softmax, no temperature); class c is predicted "
+        "when sigmoid(logit_c) >= threshold_c. The thresholds, one per class in output order, are stored in the "
+        f"checkpoint as `thresholds`{held}. Each is the probability that maximised the class's F1 on the validation "
+        "split, 0.5 for a class without a positive validation image. An image may get no class, one or several; "
+        "`tlcore predict` applies the thresholds."
+    )
+
+
+def _multilabel_results(run: RunState, best: dict | None, last: dict | None) -> list[str]:
+    """Results of a multilabel run: the best epoch's mAP and F1, every epoch, the thresholds and per-class scores."""
+    if best is None or last is None:
+        return ["No epoch has finished yet."]
+    lines = [
+        f"Best epoch {best['epoch']} (the highest val_map): val_map **{_number(best.get('val_map'))}** (mean average "
+        f"precision over the classes with a positive validation image), val_f1_micro {_number(best.get('val_f1_micro'))}"
+        f" and val_f1_macro {_number(best.get('val_f1_macro'))} at the epoch's thresholds; val_acc "
+        f"{_number(best.get('val_acc'))} (subset accuracy: every class right at probability 0.5), val_loss "
+        f"{_number(best.get('val_loss'))} (binary cross-entropy, mean over classes) (train_acc "
+        f"{_number(best.get('train_acc'))}, train_loss {_number(best.get('train_loss'))}).",
+        "",
+    ]
+    keys = [key for key in MULTILABEL_EPOCH_KEYS if key in last]
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for record in run.history[-MAX_EPOCH_ROWS:]:
+        lines.append("| " + " | ".join(_number(record.get(key)) for key in keys) + " |")
+    lines.append("")
+    outputs = _validation_for(run, best)
+    if outputs is None or not _fits_multilabel(outputs, len(run.classes)):
+        thresholds = run.thresholds.get(best["epoch"])
+        lines.append(
+            "Per-class scores: the validation predictions were not kept for this run (unreadable validation "
+            "images); `tlcore eval --checkpoint RUN` computes them."
+        )
+        if thresholds is not None and len(thresholds) == len(run.classes):
+            lines += ["", *_threshold_lines(run.classes, thresholds, best["epoch"])]
+        return lines
+    return lines + _multilabel_summary(run, outputs)
+
+
+def _fits_multilabel(outputs: ValidationOutputs, classes: int) -> bool:
+    """Kept outputs a multilabel summary can read: logits and multi-hot labels, both [N, classes]."""
+    return outputs.logits.shape == outputs.labels.shape and outputs.logits.ndim == 2 and outputs.logits.shape[1] == classes
+
+
+def _threshold_lines(classes: list[str], thresholds: list[float], epoch: int) -> list[str]:
+    """The thresholds of an epoch: a table with few classes, else their range (all are in the checkpoint)."""
+    if len(classes) <= MAX_CLASS_ROWS:
+        lines = [f"Thresholds of epoch {epoch}:", "", "| class | threshold |", "|---|---|"]
+        return lines + [f"| {_text(name)} | {value:.4f} |" for name, value in zip(classes, thresholds, strict=True)]
+    return [_threshold_summary(thresholds, epoch)]
+
+
+def _threshold_summary(thresholds: list[float], epoch: int, defaults: int | None = None) -> str:
+    """One line on many classes' thresholds: lowest, median, highest, and how many kept 0.5 for want of a positive."""
+    ordered = sorted(thresholds)
+    median = ordered[(len(ordered) - 1) // 2]
+    kept = ""
+    if defaults:
+        kept = (
+            "; 1 class without a positive validation image (its threshold is the default 0.5)"
+            if defaults == 1
+            else f"; {defaults} classes without a positive validation image (their threshold is the default 0.5)"
+        )
+    return (
+        f"Thresholds of epoch {epoch} ({len(thresholds)} classes, each in the checkpoint): lowest {ordered[0]:.4f}, "
+        f"median {median:.4f}, highest {ordered[-1]:.4f}{kept}."
+    )
+
+
+def _multilabel_summary(run: RunState, outputs: ValidationOutputs) -> list[str]:
+    """Per-class threshold, positives, predictions, AP, precision, recall and F1 of the kept validation outputs.
+
+    The thresholds are those the run chose for that epoch (``RunState.thresholds``, the checkpoint's), so the
+    numbers are the epoch's val_map and F1. With more than MAX_CLASS_ROWS classes: the thresholds' range and the
+    classes with the lowest AP (those without a positive image last).
+    """
+    import torch
+
+    from tlcore.multilabel import choose_thresholds, multilabel_metrics
+
+    classes = run.classes
+    thresholds = run.thresholds.get(outputs.epoch)
+    if thresholds is None or len(thresholds) != len(classes):  # not recorded for that epoch: chosen the run's way
+        thresholds = choose_thresholds(torch.sigmoid(outputs.logits.float()), outputs.labels).tolist()
+    scores = multilabel_metrics(outputs.logits, outputs.labels, thresholds, classes)
+    lines = [
+        f"Per class (validation predictions of epoch {outputs.epoch}, {scores.images} images; a class is predicted "
+        f"at its threshold): mAP {_number(scores.map)}, F1 micro {_number(scores.f1_micro)}, F1 macro "
+        f"{_number(scores.f1_macro)}, subset accuracy {_number(scores.subset_accuracy)}.",
+        "",
+    ]
+    rows = scores.per_class()
+    if len(classes) > MAX_CLASS_ROWS:
+        defaults = sum(1 for row in rows if row["support"] == 0)
+        lines += [_threshold_summary(thresholds, outputs.epoch, defaults), ""]
+        lines += [f"The {MAX_CLASS_ROWS} classes with the lowest AP:", ""]
+        # stable sort: ties keep class order; a class without a positive image (AP undefined) after every AP
+        rows = sorted(rows, key=lambda row: float("inf") if row["ap"] is None else row["ap"])[:MAX_CLASS_ROWS]
+    lines += ["| class | threshold | images | predicted | AP | precision | recall | F1 |", "|---" * 8 + "|"]
+    for row in rows:
+        lines.append(
+            f"| {_text(row['class'])} | {row['threshold']:.4f} | {row['support']} | {row['predicted']} | "
+            f"{_number(row['ap'])} | {_number(row['precision'])} | {_number(row['recall'])} | {_number(row['f1'])} |"
+        )
+    return lines
+
+
+def _multilabel_use(dataset: str, classes: int) -> str:
+    """The intended-use paragraph of a multilabel card."""
+    return (
+        f"Tagging images like those of `{_code(dataset)}` with any of the {classes} classes above. Each class is "
+        "answered on its own: an image may get none, one or several, and an image of anything else may still get "
+        "some. The thresholds were chosen on the same validation split the F1 figures above are measured on, so "
+        "those figures are optimistic; mAP does not depend on them. Expect the figures to hold only for images "
+        "from the same source, and check them on your own data (`tlcore eval`) before relying on them; raise a "
+        "class's threshold for fewer false positives, lower it for fewer misses. Biases of the starting weights' "
+        "training data and of this dataset carry over."
+    )
+
+
 def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in ("tlcore", "torch", "torchvision", "timm"):
@@ -451,10 +611,17 @@ def copy_card_for_export(checkpoint: Path, target: Path, fmt: str) -> Path | Non
     if text is None:
         return None
     card = Path(target).with_name(Path(target).name + ".md")
+    head = text[: text.index(MARKER)]  # the front matter: a multilabel card's tag is there
+    outputs = (
+        "one logit per class (multi-label: apply a sigmoid to each; class c is predicted when it reaches the "
+        "checkpoint's threshold c, as described under Preprocessing)"
+        if f"\n{MULTILABEL_TAG}\n" in head
+        else "calibrated logits (already divided by the temperature)"
+    )
     note = (
         f"\n## This export\n\n`{_code(Path(target).name)}` ({fmt}) was exported from `{_code(Path(checkpoint).name)}`. "
-        "It takes the normalised float NCHW input described under Preprocessing and returns calibrated logits "
-        f"(already divided by the temperature); classes and preprocessing are also in `{_code(Path(target).name)}.json`.\n"
+        f"It takes the normalised float NCHW input described under Preprocessing and returns {outputs}; "
+        f"classes and preprocessing are also in `{_code(Path(target).name)}.json`.\n"
     )
     atomic_write_bytes(card, (text.rstrip("\n") + "\n" + note).encode("utf-8"))
     return card

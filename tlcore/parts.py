@@ -68,6 +68,8 @@ def build_parts(config: RunConfig, host: PluginHost, world: Distributed, device:
     Raises ConfigError, DataError or PluginError for what cannot work.
     """
     data = build_dataset(config, host)
+    if config.task == "multilabel":
+        check_multilabel_options(config, world)
     weights_file = read_weights_option(config) if not resuming else None  # --weights PATH; resuming has its own
     backbone = build_backbone(config, host, config.image_size or data.preferred_image_size, weights_file)
     image_size = resolve_image_size(config, backbone, data)
@@ -123,6 +125,29 @@ def check_something_trains(config: RunConfig, head: nn.Module, phases: list[Phas
         raise ConfigError(
             f"nothing would train in epoch {idle[0].first_epoch + 1}: head {config.head!r} has no trainable "
             f"parameters and freeze policy {config.freeze!r} freezes every layer group then"
+        )
+
+
+def check_multilabel_options(config: RunConfig, world: Distributed) -> None:
+    """ConfigError for what --task multilabel does not support: balanced sampling, mixing, several processes.
+
+    Balancing draws by class, and mixing makes soft single-label targets; neither has one meaning when an
+    image carries several classes. mAP and the thresholds need every validation logit in one process.
+    """
+    unsupported = [
+        name
+        for name, used in (
+            ("--balanced-sampler", config.balanced_sampler),
+            ("--mixup", config.mixup > 0),
+            ("--cutmix", config.cutmix > 0),
+            ("a distributed run (torchrun)", world.enabled),
+        )
+        if used
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"--task multilabel does not support {', '.join(unsupported)}; for class imbalance use "
+            "--class-weights auto (BCE pos_weight per class)"
         )
 
 

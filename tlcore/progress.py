@@ -158,6 +158,7 @@ class Progress(Callback):
         self._say(
             f"epoch {metrics['epoch']}/{run.config.epochs} train_loss {metrics['train_loss']:.4f} "
             f"train_acc {metrics['train_acc']:.4f} val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.4f} "
+            + (f"val_map {metrics['val_map']:.4f} " if "val_map" in metrics else "")
             + (f"ema_val_acc {metrics['ema_val_acc']:.4f} " if "ema_val_acc" in metrics else "")
             + f"lr {metrics['lr']:.2e} {metrics['images_per_second']:,.0f} img/s {metrics['seconds']:.1f}s"
         )
@@ -176,9 +177,12 @@ class Progress(Callback):
             self._say(f"tlcore: skipped {run.nonfinite_batches} batches with a non-finite loss")
         if run.stop_reason:
             self._say(f"tlcore: stopped early: {run.stop_reason}")
-        best = max(run.history, key=lambda m: m["val_acc"], default=None)
+        from tlcore.ema import selection_metric  # val_acc, or val_map for a multilabel run
+
+        best = max(run.history, key=lambda m: m[selection_metric(m)], default=None)
         if best is not None:
-            self._say(f"tlcore: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}; run folder {run.output_dir}")
+            key = selection_metric(best)
+            self._say(f"tlcore: best {key} {best[key]:.4f} at epoch {best['epoch']}; run folder {run.output_dir}")
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import torch
 
 from tlcore.background import BackgroundWrite
 from tlcore.errors import ConfigError, ResourceError
-from tlcore.files import atomic_save_tensors
+from tlcore.files import atomic_save_tensors, cpu_copy
 from tlcore.messages import first_line, short_repr
 from tlcore.weights import read_weights_file, strip_prefix
 
@@ -72,16 +72,16 @@ def save_train_state(
     ``ema``: the weights' moving average (--ema), saved as ``ema.*`` tensors.
     Everything is copied now; with ``writer`` the serialising and writing happen on its thread.
     """
-    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": cpu_copy(v) for k, v in model.state_dict().items()}
     if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().cpu().clone().contiguous() for k, v in ema.state_dict().items()})
+        tensors.update({f"ema.{k}": cpu_copy(v) for k, v in ema.state_dict().items()})
     optimizer_state = optimizer.state_dict()
     plain_state: dict[str, dict] = {}
     for index, values in optimizer_state["state"].items():
         plain_state[str(index)] = {}
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().clone().contiguous()
+                tensors[f"optimizer.{index}.{key}"] = cpu_copy(value)
             else:
                 plain_state[str(index)][key] = value
     tensors["rng.torch"] = torch.get_rng_state()

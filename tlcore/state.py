@@ -28,7 +28,7 @@ class ValidationOutputs:
 
     epoch: int  # 1-based epoch of the model that produced them (the ``epoch`` of metrics.jsonl and checkpoints)
     logits: torch.Tensor  # float32 [N, C] on the CPU; C = len(run.classes), columns in run.classes order
-    labels: torch.Tensor  # int64 [N], the true class of each image
+    labels: torch.Tensor  # int64 [N], the true class of each image; multilabel: float32 [N, C] multi-hot rows
     indices: torch.Tensor  # int64 [N], each image's position in the validation split (``run.splits.val``)
 
 
@@ -83,6 +83,8 @@ class RunState:
     # the 1-based epoch -> its temperature (1.0 where none was fitted), and the current epoch's details
     temperatures: dict[int, float] = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    # --task multilabel: the 1-based epoch -> its per-class thresholds (tlcore.multilabel.choose_thresholds)
+    thresholds: dict[int, list[float]] = field(default_factory=dict)
 
     def calibrate(self) -> None:
         """Fit the temperature of the epoch just validated on its validation logits (``last_validation``).
@@ -99,7 +101,9 @@ class RunState:
         epoch = self.epoch + 1
         kept = self.last_validation
         temperature, details = 1.0, {}
-        if not self.config.calibrate:
+        if self.config.task == "multilabel":
+            details = self._choose_thresholds(epoch)
+        elif not self.config.calibrate:
             details = {"reason": "--no-calibrate"}
         elif kept is None or kept.epoch != epoch or kept.logits.numel() == 0:
             details = {"reason": "the validation logits of this epoch were not kept"}
@@ -119,6 +123,21 @@ class RunState:
         self.temperatures[epoch] = temperature
         self.calibration = details
 
+    def _choose_thresholds(self, epoch: int) -> dict:
+        """A multilabel epoch's per-class thresholds, from its kept validation outputs (0.5 each where none).
+
+        Returns what the checkpoint's ``calibration`` records: how the thresholds were chosen, or why not.
+        """
+        from tlcore.multilabel import DEFAULT_THRESHOLD, choose_thresholds, class_probabilities
+
+        kept = self.last_validation
+        reason = "multilabel: per-class thresholds chosen on validation instead of a temperature"
+        if kept is None or kept.epoch != epoch or kept.logits.numel() == 0:
+            self.thresholds[epoch] = [DEFAULT_THRESHOLD] * len(self.classes)
+            return {"reason": f"{reason}; this epoch's validation outputs were not kept (unreadable images), so 0.5 each"}
+        self.thresholds[epoch] = choose_thresholds(class_probabilities(kept.logits), kept.labels).tolist()
+        return {"reason": reason, "thresholds": "maximum F1 per class on the validation split", "images": len(kept.labels)}
+
     def checkpoint_info(self, metrics: dict) -> CheckpointInfo:
         """What a checkpoint of the model at this point must carry to rebuild it alone."""
         return CheckpointInfo(
@@ -137,6 +156,8 @@ class RunState:
             },
             temperature=self.temperatures.get(self.epoch + 1, 1.0),
             calibration=dict(self.calibration) if self.temperatures.get(self.epoch + 1) is not None else {},
+            task=self.config.task,
+            thresholds=self.thresholds.get(self.epoch + 1) if self.config.task == "multilabel" else None,
         )
 
     def data_identity(self) -> dict:
@@ -162,7 +183,7 @@ class RunState:
         checkpoint callback: the first epoch with the highest val_acc; under
         --ema, of the weights held: pass ``tlcore.ema.held_val_acc(metrics)``).
         """
-        from tlcore.ema import held_val_acc  # under --ema: the accuracy of the weights the checkpoints held
+        from tlcore.ema import held_val_acc  # the selection score of the weights the checkpoints held
 
         self.last_validation = outputs
         epoch = self.epoch + 1

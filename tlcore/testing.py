@@ -19,6 +19,7 @@ from tlcore.registry import Register
 TINY_PLUGIN = "tlcore.testing"
 TINY_BACKBONE = f"{TINY_PLUGIN}:tiny"
 TINY_DATASET = f"{TINY_PLUGIN}:shapes"
+TINY_MULTILABEL_DATASET = f"{TINY_PLUGIN}:tagged"
 # Metrics that measure the machine (time, memory): they differ between identical runs.
 MEASURED_METRICS = ("seconds", "images_per_second", "peak_host_mb", "peak_gpu_mb", "peak_gpu_reserved_mb")
 
@@ -73,6 +74,29 @@ def shapes_dataset(num_per_class: int = 24, size: int = 16, seed: int = 0) -> Da
     )
 
 
+def tagged_shapes_dataset(count: int = 64, size: int = 16, seed: int = 0) -> DatasetSplits:
+    """Multi-label data: each image shows a non-empty subset of three bright squares (top-left, top-right,
+    bottom-right), its labels those squares; float32 multi-hot labels ``[N, 3]``, 3/4 train, 1/4 val."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 60, (count, 3, size, size), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, 2, (count, 3), generator=generator).float()
+    empty = labels.sum(dim=1) == 0
+    labels[empty, torch.randint(0, 3, (int(empty.sum()),), generator=generator)] = 1.0  # every image has a label
+    half = size // 2
+    corners = [(slice(0, half), slice(0, half)), (slice(0, half), slice(half, size)), (slice(half, size), slice(half, size))]
+    for column, (rows, cols) in enumerate(corners):
+        shown = labels[:, column] > 0
+        images[shown, :, rows, cols] += 180
+    cut = count * 3 // 4
+    return DatasetSplits(
+        classes=["top_left", "top_right", "bottom_right"],
+        train=TensorImageDataset(images[:cut], labels[:cut]),
+        val=TensorImageDataset(images[cut:], labels[cut:]),
+        flip_invariant=False,
+        multilabel=True,
+    )
+
+
 class TinyPlugin:
     """A plugin object registering :data:`TINY_BACKBONE` and :data:`TINY_DATASET`."""
 
@@ -85,6 +109,11 @@ class TinyPlugin:
     def tlcore_register_datasets(self, register: Register) -> None:
         """Register the tiny dataset."""
         register(TINY_DATASET, _shapes_factory, description="two synthetic classes, 16x16")
+        register(
+            TINY_MULTILABEL_DATASET,
+            lambda name, options: tagged_shapes_dataset(seed=options.seed),
+            description="three synthetic labels per image (multi-label, --task multilabel), 16x16",
+        )
 
 
 def _shapes_factory(name: str, options: DatasetOptions) -> DatasetSplits:
@@ -148,6 +177,70 @@ def write_image_folder(root, classes=("ants", "bees"), per_class: int = 6, size:
 
 # An instance, so the tiny plugin can be named in an entry point: tlcore.testing:tiny_plugin
 tiny_plugin = TinyPlugin()
+
+SIGNAL_CALLBACK = "tlcore.testing:signal"  # the callback name signal_plugin registers (add it with "+" to callbacks)
+
+
+def signal_plugin(epoch: int, step: int, signals=None):
+    """A plugin registering callback :data:`SIGNAL_CALLBACK`, which sends ``signals`` (default: SIGINT) to this
+    process after optimizer step ``step`` of 0-based ``epoch``: an interruption at a chosen point, for resume tests."""
+    import os
+    import signal
+
+    from tlcore.callbacks.base import Callback
+
+    chosen = tuple(signals) if signals is not None else (signal.SIGINT,)
+
+    class SendSignal(Callback):
+        def on_train_batch_end(self, run) -> None:
+            if (run.epoch, run.epoch_step) == (epoch, step):
+                for number in chosen:
+                    os.kill(os.getpid(), number)
+
+    class SignalPlugin:
+        @hookimpl
+        def tlcore_register_callbacks(self, register) -> None:
+            register(SIGNAL_CALLBACK, lambda config: SendSignal())
+
+    return SignalPlugin()
+
+
+def check_resumes_exactly(host, make_config, folder, stop_at: tuple[int, int], signals=None, **settings):
+    """Train ``settings`` twice under ``folder``: whole, and interrupted then resumed; both must end the same.
+
+    ``make_config(**options)`` builds the RunConfig (a test's ``tiny_config``); the second run gets the signals
+    (default SIGINT) after optimizer step ``stop_at[1]`` of 0-based epoch ``stop_at[0]`` (:func:`signal_plugin`),
+    must raise RunInterrupted, and is resumed with ``tlcore.train.resume``. Asserts equal histories (time and
+    memory figures aside) and bit-identical ``last.safetensors`` tensors; returns ``(whole, resumed)``
+    (:class:`tlcore.RunResult`) for further checks. Registers and removes a plugin named ``signal`` on ``host``.
+    """
+    from pathlib import Path
+
+    from tlcore.checkpoint import read_checkpoint
+    from tlcore.interrupt import RunInterrupted
+    from tlcore.train import fit, resume
+
+    folder = Path(folder)
+    whole = fit(make_config(output=str(folder / "whole"), **settings), host)
+    host.register(signal_plugin(*stop_at, signals=signals), "signal")
+    try:
+        fit(make_config(output=str(folder / "cut"), callbacks=["+" + SIGNAL_CALLBACK], **settings), host)
+    except RunInterrupted:
+        pass
+    else:
+        raise AssertionError(f"the run was not interrupted at epoch {stop_at[0]}, step {stop_at[1]}")
+    finally:
+        host.unregister("signal")
+    host.register(signal_plugin(-1, -1), "signal")  # the resumed run asks for the same callbacks
+    try:
+        resumed = resume(folder / "cut", host)
+    finally:
+        host.unregister("signal")
+    assert without_measurements(resumed.history) == without_measurements(whole.history)
+    a, _ = read_checkpoint(whole.output_dir / "last.safetensors")
+    b, _ = read_checkpoint(resumed.output_dir / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return whole, resumed
 
 
 def write_fake_distribution(site, distribution: str, entry_points: dict[str, str], version: str = "1.0"):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlcore import distributed
+from tlcore import distributed, heap
 from tlcore.background import BackgroundWrite
 from tlcore.balance import class_weights
 from tlcore.batches import MemoryBatches, storage_device
@@ -34,7 +34,7 @@ from tlcore.compiled import compile_failure_summary, compile_model, is_compile_f
 from tlcore.config import RunConfig, build_config
 from tlcore.device import autocast_dtype, pick_device, precision_phrase
 from tlcore.distributed import Distributed
-from tlcore.ema import ema_of, held_val_acc, make_ema
+from tlcore.ema import ema_of, held_val_acc, make_ema, selection_metric
 from tlcore.errors import ConfigError, ResourceError, TlcoreError
 from tlcore.feature_cache import CachedFeatures, compute_features, fingerprint, remove_spill_files
 from tlcore.freeze import apply_trainable
@@ -55,6 +55,7 @@ from tlcore.lr_find import LrFinding
 from tlcore.memory import PeakMemory, is_out_of_memory, out_of_memory_message
 from tlcore.mixing import Mixing
 from tlcore.model import Classifier
+from tlcore.multilabel import MultilabelLoss
 from tlcore.optim import Optimisation, make_optimizer, make_scheduler, parameter_groups
 from tlcore.parts import Parts, build_parts
 from tlcore.pipeline import Batches
@@ -77,8 +78,8 @@ class RunResult:
 
     @property
     def best(self) -> dict:
-        """The epoch with the highest val_acc (the first, on ties)."""
-        return max(self.history, key=lambda m: m["val_acc"])
+        """The epoch with the highest val_acc (multilabel: val_map; the first, on ties)."""
+        return max(self.history, key=lambda m: m[selection_metric(m)])
 
 
 def resume(run_dir: Path, host: PluginHost | None = None) -> RunResult:
@@ -101,6 +102,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
         parts = build_parts(config, host, world, device, resuming=saved is not None)
         optim = build_optimisation(config, parts, device, world)
         run = open_run(config, host, world, device, parts, optim, resume_from=resume_from, lr_finding=lr_finding)
+        heap.started()  # start-up built everything: full garbage collections from here on (tlcore/heap.py)
         writer, memory = BackgroundWrite(), PeakMemory(device)
         with finishing(run, parts.callbacks, writer) as end:
             source = cached_feature_batches(run, parts, optim, end) if config.cache_features else image_batches(run, parts)
@@ -124,7 +126,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     if distributed.any_across(ema_val is None, world, device):  # a signal reached any process (either pass)
                         writer.wait()  # the last epoch's state lands before the mid-epoch one replaces it
                         raise save_and_interrupt(run, stop, optim, parts.callbacks, sums)
-                    metrics = epoch_metrics(run, sums, val, optim, memory, trainable, ema_val)
+                    metrics = epoch_metrics(run, sums, val, optim, memory, trainable, ema_val, kept, kept_ema)
                     ema_saved = metrics.get("checkpoint_weights") == "ema"  # the checkpoint holds the average's weights
                     held = validation_outputs(run, kept_ema if ema_saved else kept, (ema_val if ema_saved else val)[2])
                     run.keep_validation(held, held_val_acc(metrics))  # judged as best.safetensors is
@@ -164,7 +166,8 @@ def build_optimisation(
 ) -> Optimisation:
     """Optimizer, schedule, loss, autocast dtype, gradient scaler, mixing, weight average and clipping.
 
-    The groups are built once, whatever unfreezes. Under --mixup/--cutmix the
+    The groups are built once, whatever unfreezes. Under --task multilabel the
+    loss is binary cross-entropy per class (tlcore.multilabel.MultilabelLoss). Under --mixup/--cutmix the
     loss is the cross-entropy against the mixed, already smoothed soft
     targets (tlcore.mixing), class weights scaling each class's term (the mean
     is then over images, PyTorch's rule for probability targets).
@@ -176,7 +179,10 @@ def build_optimisation(
         loss_weights = class_weights(config.class_weights, parts.train_labels, parts.data.classes).to(device)
     mixing = make_mixing(config, len(parts.data.classes), world.rank if world is not None else 0)
     smoothing = 0.0 if mixing is not None else config.label_smoothing  # mixing smooths its targets itself
-    criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=smoothing)
+    if config.task == "multilabel":  # a sigmoid per class; the class weights are BCE's pos_weight
+        criterion: nn.Module = MultilabelLoss(pos_weight=loss_weights, smoothing=smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=smoothing)
     amp_dtype = autocast_dtype(device, config.amp, config.backbone)  # on the CPU: bf16 only for families measured faster
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 needs none
     average = make_ema(parts.model, config.ema) if config.ema is not None else None

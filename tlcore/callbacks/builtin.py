@@ -125,7 +125,7 @@ def _csv_cell(value: Any) -> Any:
 
 
 class Checkpoint(Callback):
-    """Writes last.safetensors every epoch and best.safetensors when val_acc improves."""
+    """Writes last.safetensors every epoch and best.safetensors when val_acc (multilabel: val_map) improves."""
 
     name = "checkpoint"
 
@@ -160,7 +160,7 @@ class Checkpoint(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stops when val_acc has not improved for ``early_stopping_patience`` epochs (0: never)."""
+    """Stops when val_acc (multilabel: val_map) has not improved for ``early_stopping_patience`` epochs (0: never)."""
 
     name = "early_stopping"
 
@@ -183,7 +183,7 @@ class EarlyStopping(Callback):
         """Count epochs without improvement (of the weights the checkpoints hold, under --ema)."""
         if self.patience <= 0:
             return
-        from tlcore.ema import held_val_acc
+        from tlcore.ema import held_val_acc, selection_metric
 
         if held_val_acc(metrics) > self.best:
             self.best, self.waited = held_val_acc(metrics), 0
@@ -191,7 +191,8 @@ class EarlyStopping(Callback):
         self.waited += 1
         if self.waited >= self.patience:
             run.should_stop = True
-            run.stop_reason = f"val_acc has not improved for {self.patience} epochs (best {self.best:.4f})"
+            key = selection_metric(metrics)
+            run.stop_reason = f"{key} has not improved for {self.patience} epochs (best {self.best:.4f})"
 
 
 def _model_card(config) -> Callback:

@@ -72,13 +72,15 @@ def tlcore_register_datasets(register: Register) -> None:
     register(
         "imagefolder",
         _loader("load_imagefolder"),
-        description="your images in --data-dir: train/<class>/*, optional val/<class>/* (else a seeded split)",
+        description="your images in --data-dir: train/<class>/*, optional val/<class>/* (else a seeded split); "
+        "--task multilabel: train/, val/ images listed in labels.csv (image,label)",
     )
     register(
         "csv",
         _loader("load_csv"),
         description="images listed in --data-dir/train.csv (columns image,label; see --image-column, "
-        "--label-column), optional val.csv (else a seeded split) and test.csv",
+        "--label-column), optional val.csv (else a seeded split) and test.csv; --task multilabel: several "
+        "labels per cell",
     )
     register(
         "digits",
@@ -90,5 +92,7 @@ def tlcore_register_datasets(register: Register) -> None:
 @hookimpl
 def tlcore_register_options(register) -> None:
     """The csv dataset's column names: ``--image-column`` and ``--label-column``."""
-    register("image_column", default="image", help="csv dataset: the column of the CSV files holding image paths")
-    register("label_column", default="label", help="csv dataset: the column of the CSV files holding labels")
+    register(
+        "image_column", default="image", help="csv dataset (and imagefolder's labels.csv): the column holding image paths"
+    )
+    register("label_column", default="label", help="csv dataset (and imagefolder's labels.csv): the column holding labels")

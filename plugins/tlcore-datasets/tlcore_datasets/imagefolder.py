@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -45,29 +47,44 @@ LOOKED_FOR = f"looked for {', '.join(IMAGE_EXTENSIONS)} files in its class folde
 class ImageFileDataset(Dataset):
     """``(PIL image, label)`` pairs opened from files on each access.
 
-    Holds only paths (as strings) and int labels, so it pickles cheaply into
+    ``samples`` are ``(path, label)``: an int class index, or with
+    ``multilabel`` a float32 multi-hot tensor ``[C]`` (``tlcore.multilabel``).
+    Holds only paths (as strings) and labels, so it pickles cheaply into
     DataLoader workers.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str]):
+    def __init__(self, samples: list[tuple[str, Any]], classes: list[str], *, multilabel: bool = False):
         self.samples = samples
         self.classes = classes
+        self.multilabel = multilabel
 
     @property
-    def targets(self) -> list[int]:
-        """The label of every item, in order (like torchvision's ImageFolder)."""
+    def targets(self) -> list[int] | torch.Tensor:
+        """The label of every item, in order: ints (like torchvision's ImageFolder), or float32 ``[N, C]`` multi-hot."""
+        if self.multilabel:
+            if not self.samples:
+                return torch.zeros(0, len(self.classes), dtype=torch.float32)
+            return torch.stack([label for _, label in self.samples]).to(torch.float32)
         return [label for _, label in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[Image.Image, Any]:
         path, label = self.samples[index]
         return open_image(path), label  # DataError naming the file, whatever the decoder raised
 
 
 def load_imagefolder(name: str, options: DatasetOptions) -> DatasetSplits:
-    """Dataset factory for ``imagefolder``: class folders under ``options.data_dir``."""
+    """Dataset factory for ``imagefolder``: class folders under ``options.data_dir``.
+
+    With ``options.multilabel`` the images' labels come from ``labels.csv``
+    instead (:mod:`tlcore_datasets.labelled_folder`).
+    """
+    if options.multilabel:
+        from tlcore_datasets.labelled_folder import load_labelled_folder  # it imports the csv reader, which imports us
+
+        return load_labelled_folder(name, options)
     if options.data_dir is None:
         raise DataError(f"the {name} dataset needs --data-dir: a folder laid out as {LAYOUT}")
     root = Path(options.data_dir).expanduser()
@@ -93,9 +110,15 @@ def load_imagefolder(name: str, options: DatasetOptions) -> DatasetSplits:
         if unused:
             notes.append(f"not used: folders {', '.join(unused)} in {root} (only train, val and test are read)")
 
+    # a labels.csv beside the folders lists multi-label images, read only under --task multilabel
+    labels_file = root / "labels.csv" if (root / "labels.csv").is_file() else None
     classes = [p.name for p in _visible_dirs(train_dir)]
     if not classes:
-        raise DataError(f"no class folders in {train_dir} (expected {LAYOUT})")
+        hint = f"; {labels_file} lists multi-label images: pass --task multilabel" if labels_file else ""
+        raise DataError(f"no class folders in {train_dir} (expected {LAYOUT}){hint}")
+    if labels_file is not None:
+        notes.append(f"not used: {labels_file} (multi-label labels, read under --task multilabel); "
+                     "the classes are the class folders")
     skipped: list[str] = []
     other_files: list[str] = []
     train_samples = _scan(train_dir, classes, skipped, other_files)

@@ -1,4 +1,4 @@
-"""A seeded, stratified train/validation split shared by the datasets that make their own."""
+"""Seeded train/validation splits shared by the datasets that make their own: stratified by class, or multi-label."""
 
 from __future__ import annotations
 
@@ -37,3 +37,5 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     train = np.sort(np.concatenate(train_parts)) if train_parts else empty
     val = np.sort(np.concatenate(val_parts)) if val_parts else empty
     return train.astype(np.int64), val.astype(np.int64)
+
+

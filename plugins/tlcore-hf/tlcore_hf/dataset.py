@@ -19,6 +19,16 @@ The label column (``--hf-label-column``) is a ``ClassLabel`` (its names are the
 classes, in its order) or plain integers or text (the classes are the sorted
 distinct values of the training split). Nothing is downloaded: only local
 folders are read, with ``HF_DATASETS_OFFLINE`` left as the user set it.
+
+Multi-label (``DatasetOptions.multilabel``, ``--task multilabel``): the label
+column holds a list of labels per row: a ``Sequence`` (``List``) of
+``ClassLabel`` (its names are the classes), of integers or of text (the
+sorted distinct training values), or text cells naming several classes
+separated by whitespace, ``;`` or ``|`` (:func:`tlcore.multilabel.split_labels`).
+Each label is a float32 multi-hot row ``[C]``, ``targets`` is ``[N, C]``; a
+row without any label is an error naming the split, row and column. Without a
+validation split, a seeded share is held out by iterative stratification that
+keeps every label in training. A single-label run refuses a column of lists.
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
-from tlcore import DataError, DatasetOptions, DatasetSplits, open_image
+from tlcore import DataError, DatasetOptions, DatasetSplits, multi_hot, multilabel_split, open_image, split_labels
 
 VAL_NAMES = ("validation", "val", "valid")
 LAYOUT = "a folder written by save_to_disk, or parquet files named by split (train-*.parquet, validation-*.parquet)"
@@ -39,11 +50,12 @@ LAYOUT = "a folder written by save_to_disk, or parquet files named by split (tra
 class HFImageDataset(Dataset):
     """``(PIL image, label)`` from rows of a ``datasets.Dataset`` whose image column is not decoded by datasets.
 
-    ``labels[i]`` is the class index of row ``rows[i]`` of ``table``. Pickles
-    into DataLoader workers as the Arrow dataset does (memory-mapped files).
+    ``labels[i]`` is the label of row ``rows[i]`` of ``table``: a class index,
+    or for multi-label data row ``i`` of a float32 multi-hot tensor ``[N, C]``.
+    Pickles into DataLoader workers as the Arrow dataset does (memory-mapped files).
     """
 
-    def __init__(self, table: Any, image_column: str, rows: list[int], labels: list[int], where: str):
+    def __init__(self, table: Any, image_column: str, rows: list[int], labels: list[int] | torch.Tensor, where: str):
         self.table = table
         self.image_column = image_column
         self.rows = rows
@@ -51,9 +63,9 @@ class HFImageDataset(Dataset):
         self.where = where  # "<data dir> split train", for messages
 
     @property
-    def targets(self) -> list[int]:
-        """The label of every item, without decoding images."""
-        return list(self.labels)
+    def targets(self) -> list[int] | torch.Tensor:
+        """The label of every item, without decoding images: ints, or float32 ``[N, C]`` multi-hot rows."""
+        return self.labels if isinstance(self.labels, torch.Tensor) else list(self.labels)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,32 +110,42 @@ def load_hf(name: str, options: DatasetOptions) -> DatasetSplits:
     if val_name is None:
         val_name = next((n for n in VAL_NAMES if n in splits and n != train_name), None)
 
-    train_table = _prepared(splits[train_name], root, train_name, image_column, label_column, datasets)
-    classes, train_labels = _classes(train_table, label_column, root, train_name, datasets)
+    multilabel = options.multilabel
+    train_table = _prepared(splits[train_name], root, train_name, image_column, label_column, datasets, multilabel)
+    if multilabel:
+        classes, train_labels = _label_sets(train_table, label_column, None, root, train_name, datasets)
+    else:
+        classes, train_labels = _classes(train_table, label_column, root, train_name, datasets)
     index = {label: i for i, label in enumerate(classes)}
     where = f"{root} split {train_name}"
     train_rows = list(range(len(train_labels)))
     notes: list[str] = []
     if val_name is not None:
-        val_table = _prepared(splits[val_name], root, val_name, image_column, label_column, datasets)
-        val_labels = _labels_of(val_table, label_column, index, root, val_name, datasets)
+        val_table = _prepared(splits[val_name], root, val_name, image_column, label_column, datasets, multilabel)
+        val_labels = _other_labels(val_table, label_column, index, root, val_name, datasets, multilabel)
         val = HFImageDataset(val_table, image_column, list(range(len(val_labels))), val_labels, f"{root} split {val_name}")
         validation = f"split {val_name} ({len(val):,} images)"
     else:
-        train_idx, val_idx = _stratified(np.array(train_labels), options.val_fraction, options.seed)
+        if multilabel:
+            train_idx, val_idx = multilabel_split(train_labels.numpy(), options.val_fraction, options.seed)
+            how = (f"iterative stratification, about {options.val_fraction:g} of each label's images, every label "
+                   f"kept in training, seed {options.seed}")
+        else:
+            train_idx, val_idx = _stratified(np.array(train_labels), options.val_fraction, options.seed)
+            how = f"stratified, {options.val_fraction:g} of each class, seed {options.seed}"
         if len(val_idx) == 0:
             raise DataError(f"{where} has too few images to hold out a validation split; add a validation split")
-        val = HFImageDataset(train_table, image_column, val_idx.tolist(), [train_labels[i] for i in val_idx], where)
+        val = HFImageDataset(train_table, image_column, val_idx.tolist(), _take(train_labels, val_idx.tolist()), where)
         train_rows = train_idx.tolist()
         validation = (
             f"holding out {len(val_idx):,} of {len(train_labels):,} images of split {train_name} "
-            f"(stratified, {options.val_fraction:g} of each class, seed {options.seed}); the dataset has no validation split"
+            f"({how}); the dataset has no validation split"
         )
-    train = HFImageDataset(train_table, image_column, train_rows, [train_labels[i] for i in train_rows], where)
+    train = HFImageDataset(train_table, image_column, train_rows, _take(train_labels, train_rows), where)
     test = None
     if test_name in splits and test_name not in (train_name, val_name):
-        test_table = _prepared(splits[test_name], root, test_name, image_column, label_column, datasets)
-        test_labels = _labels_of(test_table, label_column, index, root, test_name, datasets)
+        test_table = _prepared(splits[test_name], root, test_name, image_column, label_column, datasets, multilabel)
+        test_labels = _other_labels(test_table, label_column, index, root, test_name, datasets, multilabel)
         test = HFImageDataset(test_table, image_column, list(range(len(test_labels))), test_labels,
                               f"{root} split {test_name}")
         notes.append(f"not used in training or validation: split {test_name} ({len(test):,} images), a test split "
@@ -135,11 +157,20 @@ def load_hf(name: str, options: DatasetOptions) -> DatasetSplits:
         classes=classes,
         train=train,
         val=val,
-        description=f"hf: {len(train)} train and {len(val)} val images in {len(classes)} classes from {root}",
+        description=f"hf: {len(train)} train and {len(val)} val images in {len(classes)} "
+        f"{'multi-label ' if multilabel else ''}classes from {root}",
         validation=validation,
         notes=notes,
         test=test,
+        multilabel=multilabel,
     )
+
+
+def _take(labels: list[int] | torch.Tensor, rows: list[int]) -> list[int] | torch.Tensor:
+    """The labels at ``rows``: a list of class indices, or the multi-hot rows ``[len(rows), C]``."""
+    if isinstance(labels, torch.Tensor):
+        return labels[torch.as_tensor(rows, dtype=torch.long)]
+    return [labels[i] for i in rows]
 
 
 def _open(root: Path, datasets: Any) -> dict[str, Any]:
@@ -161,8 +192,13 @@ def _open(root: Path, datasets: Any) -> dict[str, Any]:
     return dict(loaded)
 
 
-def _prepared(table: Any, root: Path, split: str, image_column: str, label_column: str, datasets: Any) -> Any:
-    """``table`` with both columns checked and its images left undecoded (tlcore decodes them)."""
+def _prepared(
+    table: Any, root: Path, split: str, image_column: str, label_column: str, datasets: Any, multilabel: bool = False
+) -> Any:
+    """``table`` with both columns checked and its images left undecoded (tlcore decodes them).
+
+    A single-label run refuses a label column of lists (multi-label data).
+    """
     columns = list(table.column_names)
     for wanted, flag in ((image_column, "--hf-image-column"), (label_column, "--hf-label-column")):
         if wanted not in columns:
@@ -177,6 +213,11 @@ def _prepared(table: Any, root: Path, split: str, image_column: str, label_colum
         )
     if len(table) == 0:
         raise DataError(f"{root} split {split} has no rows")
+    if not multilabel and _inner(table.features[label_column], datasets) is not None:
+        raise DataError(
+            f"{root} split {split}, column {label_column!r}: {table.features[label_column]} holds a list of labels per "
+            "row: the dataset is multi-label; pass --task multilabel"
+        )
     return table.cast_column(image_column, datasets.Image(decode=False))
 
 
@@ -237,3 +278,82 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
         val.append(members[:n_val])
         train.append(members[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _inner(feature: Any, datasets: Any) -> Any:
+    """The item feature of a list-valued column (``Sequence``, ``List``, ``LargeList``, ``[feature]``), else None."""
+    if isinstance(feature, list):
+        return feature[0] if len(feature) == 1 else None
+    kinds = tuple(k for k in (getattr(datasets, n, None) for n in ("Sequence", "List", "LargeList")) if isinstance(k, type))
+    return getattr(feature, "feature", None) if kinds and isinstance(feature, kinds) else None
+
+
+def _other_labels(
+    table: Any, column: str, index: dict[str, int], root: Path, split: str, datasets: Any, multilabel: bool
+) -> list[int] | torch.Tensor:
+    """A validation or test split's labels by the training split's classes: class indices, or multi-hot rows."""
+    if multilabel:
+        return _label_sets(table, column, index, root, split, datasets)[1]
+    return _labels_of(table, column, index, root, split, datasets)
+
+
+def _label_sets(
+    table: Any, column: str, index: dict[str, int] | None, root: Path, split: str, datasets: Any
+) -> tuple[list[str], torch.Tensor]:
+    """Multi-label: the classes and float32 multi-hot rows ``[N, C]`` of a split's label column.
+
+    ``index`` None: the training split, whose classes are the ClassLabel's
+    names or the sorted distinct values; else the training classes, and a
+    label outside them is an error. DataError naming the split, row and column
+    for a row without labels, a value that is no label, or a column holding one
+    class per row (only text, split by :func:`split_labels`, is read so).
+    """
+    feature = table.features[column]
+    inner = _inner(feature, datasets)
+    values = list(table[column])
+
+    def where(row: int) -> str:
+        return f"{root} split {split} row {row}, column {column!r}"
+
+    rows: list[list[Any]] = []
+    names = inner.names if isinstance(inner, datasets.ClassLabel) else None
+    if inner is None:
+        if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+            raise DataError(
+                f"{root} split {split}, column {column!r}: {feature} holds one class per row; --task multilabel needs "
+                "a list of labels per row (a Sequence of ClassLabel, integers or text) or text naming the classes "
+                "separated by whitespace, ';' or '|'"
+            )
+        rows = [split_labels(value) if isinstance(value, str) else [] for value in values]
+    else:
+        for row, value in enumerate(values):
+            items = []
+            for item in value or []:
+                if names is not None:
+                    if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item < len(names):
+                        raise DataError(f"{where(row)}: {item!r} is not an index of the ClassLabel {column!r}")
+                    items.append(names[item])
+                elif (isinstance(item, int) and not isinstance(item, bool)) or (isinstance(item, str) and item.strip()):
+                    items.append(item.strip() if isinstance(item, str) else item)
+                else:
+                    raise DataError(f"{where(row)}: label {item!r} is not an integer or non-empty text")
+            rows.append(items)
+    empty = next((row for row, items in enumerate(rows) if not items), None)
+    if empty is not None:
+        raise DataError(f"{where(empty)}: the row has no label; give each image at least one label")
+    if index is None:
+        if names is not None:
+            classes = list(names)
+        else:
+            distinct = {item for items in rows for item in items}
+            if len({type(item) for item in distinct}) > 1:
+                raise DataError(f"{root} split {split}, column {column!r}: labels mix integers and text")
+            classes = [str(item) for item in sorted(distinct)]
+        index = {name: i for i, name in enumerate(classes)}
+    sets = []
+    for row, items in enumerate(rows):
+        unknown = next((item for item in items if str(item) not in index), None)
+        if unknown is not None:
+            raise DataError(f"{where(row)}: label {unknown!r} never appears in training")
+        sets.append(sorted({index[str(item)] for item in items}))
+    return list(index), multi_hot(sets, len(index))

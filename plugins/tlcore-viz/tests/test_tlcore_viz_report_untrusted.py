@@ -36,6 +36,8 @@ BAD_LINES = {
     "val_loss missing": {k: v for k, v in GOOD_LINE.items() if k != "val_loss"},
     "lr an object": {**GOOD_LINE, "lr": {"x": 1}},
     "train_loss true": {**GOOD_LINE, "train_loss": True},
+    "val_map a string": {**GOOD_LINE, "val_map": "0.5"},  # multilabel metrics are drawn too
+    "val_f1_macro a list": {**GOOD_LINE, "val_map": 0.5, "val_f1_macro": [0.5]},
 }
 
 

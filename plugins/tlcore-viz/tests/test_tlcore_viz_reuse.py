@@ -99,7 +99,7 @@ def outputs(epoch: int) -> ValidationOutputs:
 def fake_run(tmp_path, **kept) -> SimpleNamespace:
     splits = shapes_dataset()
     config = SimpleNamespace(backbone="b", dataset=TINY_DATASET, data_dir=None)
-    return SimpleNamespace(splits=splits, config=config, output_dir=tmp_path, **kept)
+    return SimpleNamespace(splits=splits, config=config, output_dir=tmp_path, thresholds={}, **kept)
 
 
 def test_the_report_uses_only_outputs_of_the_reported_checkpoints_epoch(tmp_path):

@@ -1,5 +1,7 @@
 """tlcore-viz: pictures of a run (curves, confusion matrix, predictions, top losses), report.html, TensorBoard.
 
+Multi-label runs: per-class scores and precision-recall curves in place of the confusion matrix.
+
 A tlcore plugin (entry point ``viz``). Its callbacks run by default once it
 is installed; ``tlcore report RUN_DIR`` rebuilds everything for a finished
 run. matplotlib is imported only when a picture is drawn, so loading the
@@ -38,7 +40,8 @@ def tlcore_register_callbacks(register: Register) -> None:
         "viz_report",
         _report,
         default=True,
-        description="confusion.png, predictions.png, top_losses.png, report.html at the end",
+        description="confusion.png (multilabel: per_class.png, pr_curves.png), predictions.png, top_losses.png, "
+        "report.html at the end",
     )
     on = tensorboard.available()
     register(
@@ -61,7 +64,8 @@ def report_command(
 ) -> None:
     """Rebuild curves.png, confusion.png, predictions.png, top_losses.png and report.html for a finished run.
 
-    For a `tlcore cv` folder (cv.json): folds.png, every fold's validation curves.
+    A multi-label run (--task multilabel) gets per_class.png and pr_curves.png in place of confusion.png and the
+    calibration figures. For a `tlcore cv` folder (cv.json): folds.png, every fold's validation curves.
     """
     from tlcore_viz.report import CV_FILE, build_report, write_folds_figure
 
@@ -75,10 +79,17 @@ def report_command(
         typer.echo(f"note: {note}")
     for path in result.written:
         typer.echo(f"wrote {path}")
-    if result.evaluation is not None:
-        m = result.evaluation.metrics
+    evaluation = result.evaluation
+    if evaluation is not None and evaluation.multilabel is not None:
+        scores = evaluation.multilabel
         typer.echo(
-            f"{result.evaluation.split} accuracy {m.accuracy:.4f} ({m.correct}/{m.images}), macro F1 {m.macro['f1']:.4f}"
+            f"{evaluation.split} mAP {scores.map:.4f}, F1 micro {scores.f1_micro:.4f} macro {scores.f1_macro:.4f}, "
+            f"subset accuracy {scores.subset_accuracy:.4f} ({scores.images} images)"
+        )
+    elif evaluation is not None:
+        m = evaluation.metrics
+        typer.echo(
+            f"{evaluation.split} accuracy {m.accuracy:.4f} ({m.correct}/{m.images}), macro F1 {m.macro['f1']:.4f}"
         )
 
 

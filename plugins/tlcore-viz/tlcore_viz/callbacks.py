@@ -80,4 +80,5 @@ def kept_evaluation(run: RunState, epoch: int, checkpoint: str) -> EvalReport | 
         dataset=run.config.dataset,
         data_dir=run.config.data_dir,
         temperature=getattr(run, "temperatures", {}).get(epoch, 1.0),  # the epoch's calibration (RunState.calibrate)
+        thresholds=run.thresholds.get(epoch),  # multilabel: the epoch's, those its checkpoint carries; else None
     )

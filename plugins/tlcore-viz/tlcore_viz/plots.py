@@ -56,22 +56,36 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+MULTILABEL_CURVES = (("val_map", "val mAP"), ("val_f1_micro", "val F1 micro"), ("val_f1_macro", "val F1 macro"))
+
+
 @_literal_text
 def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
-    """Loss, accuracy and learning rate per epoch (train and val), side by side."""
-    figure = _figure(12, 3.6)
-    axes = figure.subplots(1, 3)
+    """Loss, accuracy and learning rate per epoch (train and val), side by side.
+
+    A multi-label run's history (any epoch with ``val_map``) gets a fourth
+    panel, val mAP and F1 micro/macro, and its accuracy is titled as the
+    subset accuracy (exact match at 0.5) it is.
+    """
+    multilabel = any("val_map" in m for m in history)
+    figure = _figure(16 if multilabel else 12, 3.6)
     epochs = [m["epoch"] for m in history]
     panels = [
         ("loss", [("train_loss", "train"), ("val_loss", "val")]),
-        ("accuracy", [("train_acc", "train"), ("val_acc", "val")]),
+        (
+            "subset accuracy (exact match at 0.5)" if multilabel else "accuracy",
+            [("train_acc", "train"), ("val_acc", "val")],
+        ),
         ("learning rate (end of epoch)", [("lr", "lr")]),
     ]
+    if multilabel:
+        panels.insert(2, ("mAP and F1 (validation)", list(MULTILABEL_CURVES)))
+    axes = figure.subplots(1, len(panels))
     for axis, (title, series) in zip(axes, panels, strict=True):
         for key, label in series:
-            values = [m.get(key) for m in history]
-            if any(v is not None for v in values):
-                axis.plot(epochs, [math.nan if v is None else v for v in values], marker="o", label=label)
+            values = [_finite(m.get(key)) for m in history]
+            if any(not math.isnan(v) for v in values):
+                axis.plot(epochs, values, marker="o", label=label)
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
@@ -79,8 +93,13 @@ def curves_png(history: Sequence[dict[str, Any]]) -> bytes:
             axis.legend()
         if epochs:
             axis.set_xticks(epochs if len(epochs) <= 12 else np.linspace(epochs[0], epochs[-1], 12).round().astype(int))
-    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    axes[-1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     return _png(figure)
+
+
+def _finite(value: Any) -> float:
+    """A metric as a float to draw; NaN (a gap in the line) for a missing one or one that is not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 @_literal_text
@@ -199,15 +218,78 @@ def coverage_png(thresholds: Sequence[float], coverage: Sequence[float], accurac
 
 @_literal_text
 def folds_png(histories: Sequence[Sequence[dict[str, Any]]]) -> bytes:
-    """Cross-validation: validation loss and accuracy per epoch, one line per fold."""
-    figure = _figure(10, 3.8)
-    axes = figure.subplots(1, 2)
-    for axis, key in zip(axes, ("val_loss", "val_acc"), strict=True):
+    """Cross-validation: validation loss and accuracy per epoch, one line per fold (multi-label folds: and val_map)."""
+    keys = ["val_loss", "val_acc"]
+    if any("val_map" in m for history in histories for m in history):
+        keys.append("val_map")
+    figure = _figure(5 * len(keys), 3.8)
+    axes = figure.subplots(1, len(keys))
+    for axis, key in zip(axes, keys, strict=True):
         for number, history in enumerate(histories, start=1):
             epochs = [m.get("epoch") for m in history]
-            axis.plot(epochs, [m.get(key, math.nan) for m in history], marker="o", label=f"fold {number}")
+            axis.plot(epochs, [_finite(m.get(key)) for m in history], marker="o", label=f"fold {number}")
         axis.set_title(f"{key} per fold")
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    return _png(figure)
+
+
+PER_CLASS_SCORES = (("ap", "AP"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
+
+
+@_literal_text
+def per_class_png(rows: Sequence[dict[str, Any]], heading: str) -> bytes:
+    """Multi-label: AP, precision, recall and F1 of each class as grouped horizontal bars, first row on top.
+
+    ``rows``: :meth:`tlcore.multilabel.MultilabelMetrics.per_class` records
+    (class, ap, precision, recall, f1, support; ap None for a class with no
+    positive image, drawn as no bar and said in its label). Values in [0, 1].
+    """
+    count = max(len(rows), 1)
+    figure = _figure(9, 1.4 + 0.55 * count)
+    axis = figure.subplots()
+    height = 0.8 / len(PER_CLASS_SCORES)
+    for offset, (key, label) in enumerate(PER_CLASS_SCORES):
+        values = [math.nan if row[key] is None else float(row[key]) for row in rows]
+        positions = [i - 0.4 + height * (offset + 0.5) for i in range(len(rows))]
+        axis.barh(positions, np.nan_to_num(values), height=height, label=label)
+    names = [
+        f"{_short(row['class'])} ({row['support']})" + (" no positives" if row["ap"] is None else "") for row in rows
+    ]
+    axis.set_yticks(range(len(rows)), names)
+    axis.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("score (precision, recall, F1 at each class's threshold)")
+    axis.set_ylabel("class (positive images)")
+    axis.set_title(heading)
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    return _png(figure)
+
+
+@_literal_text
+def pr_curves_png(curves: Sequence[dict[str, Any]], heading: str) -> bytes:
+    """Multi-label: precision against recall for some classes, with each class's operating point at its threshold.
+
+    ``curves``: records with name, recall and precision (sequences of equal
+    length, recall ascending from 0; the curve is the step function whose
+    area is the AP), ap, and point: (recall, precision) at the class's
+    threshold, or None.
+    """
+    figure = _figure(7.2, 5.6)
+    axis = figure.subplots()
+    for curve in curves:
+        label = f"{_short(curve['name'])} (AP {curve['ap']:.3f})"
+        (line,) = axis.step(curve["recall"], curve["precision"], where="pre", label=label)
+        if curve.get("point") is not None:
+            axis.plot(*curve["point"], "o", color=line.get_color(), markersize=6)
+    axis.set_xlim(0, 1.01)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_title(heading)
+    axis.grid(alpha=0.3)
+    if curves:
+        axis.legend(loc="lower left", fontsize=8, title="dot: the class's threshold", title_fontsize=8)
     return _png(figure)

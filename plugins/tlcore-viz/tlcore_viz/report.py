@@ -27,7 +27,7 @@ from tlcore import (
     evaluate_checkpoint,
     short_repr,
 )
-from tlcore_viz import plots
+from tlcore_viz import multilabel, plots
 from tlcore_viz.html import render_html
 
 CURVES, CONFUSION, PREDICTIONS, TOP_LOSSES, REPORT = (
@@ -98,10 +98,11 @@ def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 # metrics.jsonl keys the report draws or prints: numbers where present; the val_ ones on every line
-NUMERIC_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_second", "seconds")
+NUMERIC_METRICS = (
+    "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_second", "seconds",
+    "val_map", "val_f1_micro", "val_f1_macro",  # multilabel runs
+)
 REQUIRED_METRICS = ("val_loss", "val_acc")
-
-
 
 def _check_config(config: Any, path: Path) -> None:
     """config.json as a run writes it: an object whose config, resolved, versions and plugins are objects."""
@@ -143,6 +144,9 @@ def build_report(
 ) -> ReportResult:
     """Write curves.png, confusion.png, predictions.png, top_losses.png and report.html into a run folder.
 
+    A multi-label evaluation writes per_class.png and pr_curves.png instead of
+    confusion.png and the calibration figures (:func:`evaluation_figures`).
+
     ``history`` defaults to metrics.jsonl. The figures show ``evaluation``
     when given (the run's own validation pass, :meth:`EvalReport.from_validation`:
     nothing is evaluated); else the model evaluated is ``model`` when given,
@@ -176,7 +180,14 @@ def build_report(
 
 
 def evaluation_figures(evaluation: EvalReport) -> dict[str, bytes]:
-    """The confusion matrix, a grid of validation images with predictions, and the highest-loss images."""
+    """The confusion matrix, a grid of validation images with predictions, and the highest-loss images.
+
+    A multi-label evaluation (``evaluation.multilabel``) has no confusion matrix and no calibration: per-class
+    AP/precision/recall/F1 and precision-recall curves instead (:mod:`tlcore_viz.multilabel`), and grids titled
+    with the predicted and true label sets, an image in red unless its predicted set is exactly the true one.
+    """
+    if evaluation.multilabel is not None:
+        return _multilabel_figures(evaluation)
     metrics, outputs = evaluation.metrics, evaluation.outputs
     classes = metrics.classes
     total = len(outputs.labels)
@@ -203,6 +214,27 @@ def evaluation_figures(evaluation: EvalReport) -> dict[str, bytes]:
         TOP_LOSSES: grid(worst, f"the {len(worst)} highest losses, {split}", True),
     }
     return {**figures, **calibration_figures(evaluation)}
+
+
+def _multilabel_figures(evaluation: EvalReport) -> dict[str, bytes]:
+    """per_class.png, pr_curves.png, and the prediction and top-loss grids of a multi-label evaluation."""
+    outputs = evaluation.outputs
+    correct = outputs.correct  # exact match: the predicted label set is the true one
+    total = len(outputs.losses)
+    spread = torch.linspace(0, total - 1, min(plots.GRID_IMAGES, total)).round().long().unique().tolist()
+    worst = outputs.losses.topk(min(plots.GRID_IMAGES, total)).indices.tolist()
+
+    def grid(indices: list[int], heading: str, with_loss: bool) -> bytes:
+        images = [evaluation.data[index][0] for index in indices]
+        titles = [multilabel.grid_title(evaluation, index, with_loss) for index in indices]
+        return plots.image_grid_png(images, titles, [bool(correct[index]) for index in indices], heading)
+
+    split = f"{evaluation.split} split"
+    return {
+        **multilabel.multilabel_figures(evaluation),
+        PREDICTIONS: grid(spread, f"predicted (probability) and true labels, {split}; not exactly right in red", False),
+        TOP_LOSSES: grid(worst, f"the {len(worst)} highest losses (binary cross-entropy), {split}", True),
+    }
 
 
 def calibration_figures(evaluation: EvalReport) -> dict[str, bytes]:

@@ -12,7 +12,10 @@ if TYPE_CHECKING:  # only for annotations: tlcore.state imports torch, which loa
     from tlcore import RunState
 
 LOG_FOLDER = "tensorboard"  # inside the run folder: `tensorboard --logdir runs` shows every run
-SCALARS = ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_second")
+SCALARS = (
+    "train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_second",
+    "val_map", "val_f1_micro", "val_f1_macro",  # multilabel runs
+)
 
 
 def available() -> bool:
@@ -45,6 +48,8 @@ class TensorBoard(Callback):
         for key in SCALARS:
             if isinstance(metrics.get(key), (int, float)):
                 section = "loss" if key.endswith("loss") else "accuracy" if key.endswith("acc") else "train"
+                if key.startswith(("val_map", "val_f1")):
+                    section = "multilabel"
                 self.writer.add_scalar(f"{section}/{key}", metrics[key], metrics["epoch"])
         self.writer.flush()
 
