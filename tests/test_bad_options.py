@@ -214,3 +214,17 @@ def test_export_into_a_read_only_folder_is_refused(host, tmp_path, capsys):
         ["export", "--checkpoint", tmp_path / "x", "--format", "torchscript", "--output", folder / "m.pt"], capsys
     )
     assert_one_line(code, err, "cannot be written")
+
+
+@pytest.mark.parametrize("value", ["\x1e", "a\nb.safetensors", "x\r\u2028y", "tab\there"])
+def test_a_value_with_line_breaks_stays_in_one_error_line(host, capsys, tmp_path, value):
+    """What a user typed is quoted escaped: the error is one line for any reader (str.splitlines splits on \\x1e)."""
+    from tlcore.messages import one_line
+
+    args = ["run", "--backbone", TINY_BACKBONE, "--dataset", TINY_DATASET, "--weights", value, "--output", tmp_path / "r"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlcore: error: weights path "), err
+    assert one_line(value) in lines[0]
+    assert one_line("plain, é text") == "plain, é text"

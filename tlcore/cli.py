@@ -18,6 +18,7 @@ import typer
 from tlcore.config import FIELDS, HELP, build_config, load_config_file, option_kind
 from tlcore.errors import ConfigError, NameConflictError, TlcoreError
 from tlcore.interrupt import RunInterrupted
+from tlcore.messages import one_line
 from tlcore.plugin_options import declare_option_parameters, declared_options, install_option_flags
 from tlcore.plugins import get_host
 from tlcore.registry import KINDS
@@ -366,10 +367,10 @@ def main(argv: list[str] | None = None) -> None:
         print("\ntlcore: interrupted", file=sys.stderr)
         sys.exit(130)
     except RunInterrupted as stopped:
-        print(f"tlcore: {stopped}", file=sys.stderr)
+        print(f"tlcore: {one_line(str(stopped))}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     except TlcoreError as error:
-        print(f"tlcore: error: {error}", file=sys.stderr)
+        print(f"tlcore: error: {one_line(str(error))}", file=sys.stderr)
         sys.exit(error.exit_code)
     except Exception as error:
         # typer ships its own copy of click in some versions: recognise click's exceptions by name
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\ntlcore: interrupted", file=sys.stderr)
             sys.exit(130)
         if "ClickException" in names:  # bad flags, unknown commands: click's message, rephrased as our one line
-            print(f"tlcore: error: {usage_message(error)}", file=sys.stderr)
+            print(f"tlcore: error: {one_line(usage_message(error))}", file=sys.stderr)
             sys.exit(2)
         raise
     if code == 130:  # typer turns Ctrl-C during a command into a silent exit 130

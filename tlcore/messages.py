@@ -1,4 +1,4 @@
-"""Small pieces of one-line messages: the first line of an error, a list shortened to its first items."""
+"""Small pieces of one-line messages: an error's first line, escaped line breaks, a list cut to its first items."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ def first_line(error: BaseException, default: str | None = None) -> str:
         if line.strip():
             return line.strip()
     return type(error).__name__ if default is None else default
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and other unprintable character written as its escape (``\\n``, ``\\x1e``).
+
+    A message that quotes what a user typed or a file held (a path with a newline, a record separator) stays one
+    line on any terminal and for any reader that splits lines, ``str.splitlines`` included.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def short_repr(value: object, limit: int = 40) -> str:
