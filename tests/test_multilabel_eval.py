@@ -366,10 +366,12 @@ def damaged(path, host, **changes):
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"thresholds": [0.5, 0.5]}, "thresholds must be a list of 4 numbers in [0, 1]"),
-        ({"thresholds": [0.5, 1.5, 0.5, 0.5]}, "thresholds must be a list of 4 numbers in [0, 1]"),
+        ({"thresholds": [0.5, 0.5]}, "thresholds must hold one number per class: 4, got 2"),
+        ({"thresholds": [0.5, 1.5, 0.5, 0.5]}, "thresholds[1] must be a number in [0, 1], got 1.5"),
+        ({"thresholds": [0.5, 0.5, "x", 0.5]}, "thresholds[2] must be a number in [0, 1], got 'x'"),
         ({"thresholds": None}, "thresholds must be a list of 4"),
-        ({"task": "multiclass"}, "thresholds must be null for a multiclass checkpoint"),
+        ({"task": "multiclass"}, "thresholds are given but task is multiclass"),
+        ({"temperature": 2.0}, "temperature must be 1 for a multilabel checkpoint"),
         ({"task": "segmentation"}, "task must be one of multiclass, multilabel"),
     ],
 )

@@ -193,3 +193,23 @@ def test_chosen_thresholds_decide_their_own_images_the_same_way_when_rescored():
     assert torch.sigmoid(torch.tensor(0.5)) < chosen[0] < torch.sigmoid(torch.tensor(1.0))
     assert multilabel_metrics(logits, labels, chosen, ["a"]).f1 == [1.0]
     assert multilabel_metrics(logits.double() + 1e-7, labels, chosen, ["a"]).f1 == [1.0]
+
+
+@pytest.mark.parametrize("name", ["a;b", "golden retriever", "x|y"])
+def test_multilabel_class_names_cannot_hold_a_separator(tlcore_register, tlcore_run, name):
+    """A predicted label set is written "a;b": a class name with a separator would not read back as itself."""
+    import dataclasses
+
+    import tlcore
+    from tlcore.errors import DataError
+
+    class Plugin:
+        @tlcore.hookimpl
+        def tlcore_register_datasets(self, register):
+            data = tagged_shapes_dataset()
+            renamed = dataclasses.replace(data, classes=[name, *data.classes[1:]])
+            register("test:separated", lambda dataset, options: renamed)
+
+    tlcore_register(Plugin(), "separated")
+    with pytest.raises(DataError, match="multi-label class names cannot hold whitespace"):
+        tlcore_run(dataset="test:separated", task="multilabel")

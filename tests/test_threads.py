@@ -222,3 +222,25 @@ def test_a_cpu_run_of_a_listed_family_trains_in_bf16(host, tiny_config, monkeypa
     result = fit(tiny_config(epochs=1), host)
     assert json.loads((result.output_dir / "config.json").read_text())["resolved"]["amp_dtype"] == "bfloat16"
     assert 0.0 <= result.history[0]["val_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_a_bf16_cpu_run_validates_as_eval_scores_it(host, tiny_config, monkeypatch, keep_threads, task):
+    """bf16 trains; validation runs in float32 on the CPU, so `tlcore eval` reproduces every validation figure."""
+    from tlcore.evaluation import evaluate_checkpoint
+    from tlcore.testing import TINY_MULTILABEL_DATASET
+
+    monkeypatch.setattr(device_module, "CPU_BF16_FAMILIES", {"tiny": "test"})
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: True)
+    data = {"dataset": TINY_MULTILABEL_DATASET} if task == "multilabel" else {}
+    result = fit(tiny_config(epochs=2, task=task, **data), host)
+    last = result.history[-1]
+    report = evaluate_checkpoint(result.output_dir / "last.safetensors", host=host, workers=0)
+    if task == "multilabel":
+        assert report.multilabel.map == pytest.approx(last["val_map"], abs=1e-9)
+        assert report.multilabel.f1_micro == pytest.approx(last["val_f1_micro"], abs=1e-9)
+        # (val_acc is subset accuracy at 0.5, eval's at the thresholds: not the same figure)
+        assert report.multilabel.loss == pytest.approx(last["val_loss"], rel=1e-5)
+    else:
+        assert report.metrics.accuracy == pytest.approx(last["val_acc"], abs=1e-9)
+        assert report.metrics.loss == pytest.approx(last["val_loss"], rel=1e-5)

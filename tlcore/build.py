@@ -123,6 +123,16 @@ def check_task(config: RunConfig, data: DatasetSplits) -> None:
             "train on such data with `tlcore run --task multilabel`"
         )
     if data.multilabel:
+        from tlcore.multilabel import LABEL_SEPARATORS
+
+        # a predicted label set is written "a;b" (Prediction.label, CSV cells): a name holding a separator would not
+        # read back as itself
+        joined = [name for name in data.classes if LABEL_SEPARATORS.search(name)]
+        if joined:
+            raise DataError(
+                f"dataset {config.dataset!r}: multi-label class names cannot hold whitespace, ';' or '|' (they separate "
+                f"labels), got {', '.join(repr(name) for name in joined[:5])}; rename them (e.g. golden_retriever)"
+            )
         for name in ("train", "val"):
             targets = getattr(getattr(data, name), "targets", None)
             if targets is None:

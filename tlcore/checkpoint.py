@@ -192,24 +192,30 @@ def _check_calibration(temperature: object, calibration: object) -> None:
         raise _Invalid(f"calibration must be an object, got {short_repr(calibration)}")
 
 
-def _check_task(task: object, thresholds: object, classes: list) -> None:
-    """task one of tlcore.multilabel.TASKS; multilabel needs one threshold in [0, 1] per class, multiclass none."""
+def _check_task(task: object, thresholds: object, classes: list, temperature: object = 1.0) -> None:
+    """task one of tlcore.multilabel.TASKS; multilabel needs one threshold in [0, 1] per class and temperature 1,
+    multiclass no thresholds."""
     from tlcore.multilabel import TASKS
 
     if task not in TASKS:
         raise _Invalid(f"task must be one of {', '.join(TASKS)}, got {short_repr(task)}")
     if task == "multiclass":
         if thresholds is not None:
-            raise _Invalid(f"thresholds must be null for a multiclass checkpoint, got {short_repr(thresholds)}")
+            raise _Invalid(
+                "thresholds are given but task is multiclass (a file without task reads as multiclass); a "
+                "multilabel checkpoint says task multilabel"
+            )
         return
-    if (
-        not isinstance(thresholds, list)
-        or len(thresholds) != len(classes)
-        or not all(_is_number(value) and 0 <= value <= 1 for value in thresholds)
-    ):
-        raise _Invalid(
-            f"thresholds must be a list of {len(classes)} numbers in [0, 1] (one per class), got {short_repr(thresholds)}"
-        )
+    if not isinstance(thresholds, list):
+        raise _Invalid(f"thresholds must be a list of {len(classes)} numbers in [0, 1] (one per class), got "
+                       f"{short_repr(thresholds)}")
+    if len(thresholds) != len(classes):
+        raise _Invalid(f"thresholds must hold one number per class: {len(classes)}, got {len(thresholds)}")
+    for index, value in enumerate(thresholds):
+        if not (_is_number(value) and 0 <= value <= 1):
+            raise _Invalid(f"thresholds[{index}] must be a number in [0, 1], got {short_repr(value)}")
+    if temperature != 1.0:
+        raise _Invalid(f"temperature must be 1 for a multilabel checkpoint (no softmax to scale), got {temperature!r}")
 
 
 def validate_metadata(record: object, path: Path | str) -> dict:
@@ -248,7 +254,8 @@ def validate_metadata(record: object, path: Path | str) -> dict:
             raise _Invalid(f"metrics must be an object, got {short_repr(record['metrics'])}")
         _check_data(record.get("data", {}))
         _check_calibration(record.get("temperature", 1.0), record.get("calibration", {}))
-        _check_task(record.get("task", "multiclass"), record.get("thresholds"), record["classes"])
+        task, temperature = record.get("task", "multiclass"), record.get("temperature", 1.0)
+        _check_task(task, record.get("thresholds"), record["classes"], temperature)
     except _Invalid as invalid:
         raise WeightsError(f"{path} is a damaged tlcore checkpoint: {invalid}") from None
     return record

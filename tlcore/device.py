@@ -85,6 +85,16 @@ def autocast_dtype(device: torch.device, enabled: bool, backbone: str | None = N
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
+def validation_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The autocast dtype of validation and of the feature cache: the training one on CUDA, float32 (None) elsewhere.
+
+    On the CPU bf16 only speeds up training (:data:`CPU_BF16_FAMILIES`); validating in float32 there gives the
+    val_acc, val_loss, val_map and thresholds that `tlcore eval`, `predict` and export reproduce (they compute in
+    float32), for the price of a forward pass without autocast.
+    """
+    return amp_dtype if device.type == "cuda" else None
+
+
 def precision_phrase(device: torch.device, amp_dtype: torch.dtype | None, backbone: str | None = None) -> str:
     """How the run computes, for its first line: ``bf16 autocast`` or ``float32`` with the reason on the CPU."""
     if amp_dtype is not None:

@@ -32,7 +32,7 @@ from tlcore.batches import MemoryBatches, storage_device
 from tlcore.callbacks.base import CallbackList
 from tlcore.compiled import compile_failure_summary, compile_model, is_compile_failure
 from tlcore.config import RunConfig, build_config
-from tlcore.device import autocast_dtype, pick_device, precision_phrase
+from tlcore.device import autocast_dtype, pick_device, precision_phrase, validation_dtype
 from tlcore.distributed import Distributed
 from tlcore.ema import ema_of, held_val_acc, make_ema, selection_metric
 from tlcore.errors import ConfigError, ResourceError, TlcoreError
@@ -120,7 +120,7 @@ def fit(config: RunConfig, host: PluginHost | None = None, resume_from: Path | N
                     val_batches = noting_unreadable(source.val, run)  # unreadable validation images count too
                     kept = [] if keeps_validation(run) else None  # the logits, for the report and calibration
                     kept_ema = [] if kept is not None and optim.ema is not None else None
-                    amp = optim.amp_dtype
+                    amp = validation_dtype(device, optim.amp_dtype)  # the CPU validates in float32, as eval does
                     val = None if stop.requested else evaluate(source.forward, val_batches, device, amp, stop, kept=kept)
                     ema_val = None if val is None else evaluate_ema(run, parts, source, optim, stop, kept_ema)
                     if distributed.any_across(ema_val is None, world, device):  # a signal reached any process (either pass)
@@ -242,7 +242,7 @@ def evaluate_ema(
         return ()
     distributed.sync_buffers(optim.ema.module, run.place)  # every process validates rank 0's averaged statistics
     averaged = ema_of(optim.ema, parts.model, source.module)  # the head alone on the cached-feature path
-    return evaluate(averaged, source.val, run.device, optim.amp_dtype, stop, kept=kept)
+    return evaluate(averaged, source.val, run.device, validation_dtype(run.device, optim.amp_dtype), stop, kept=kept)
 
 
 def check_free_space(output_dir: Path, model: nn.Module, optimizer: str, averaged: bool = False) -> None:
@@ -364,7 +364,8 @@ def cached_feature_batches(run: RunState, parts: Parts, optim: Optimisation, end
         ("train", parts.pipeline.unaugmented("train"), data.train),
         ("val", parts.pipeline.unaugmented("val"), data.val),
     ):
-        cache = compute_features(backbone.module, images, len(split), run.device, optim.amp_dtype, key, spill_dir, name)
+        amp = validation_dtype(run.device, optim.amp_dtype)  # features as eval computes them (float32 on the CPU)
+        cache = compute_features(backbone.module, images, len(split), run.device, amp, key, spill_dir, name)
         end.caches.append(cache)  # registered at once: its spill file is deleted however the run ends
     train, val = end.caches
     for cache in end.caches:

@@ -283,8 +283,8 @@ def test_a_single_label_imagefolder_names_an_unused_labels_csv(tmp_path):
     flat = tmp_path / "flat"
     write_images(flat, ["train/0.png", "train/1.png"])
     write_csv(flat / "labels.csv", [("train/0.png", "cat"), ("train/1.png", "dog")])
-    fails(load_imagefolder, flat, "no class folders", "labels.csv lists multi-label images: pass --task multilabel",
-          multilabel=False)
+    fails(load_imagefolder, flat, "no class folders",
+          "labels.csv lists multi-label images: train with `tlcore run --task multilabel`", multilabel=False)
 
 
 def test_any_bytes_as_labels_csv_or_a_multilabel_train_csv_give_data_or_one_line(tmp_path):

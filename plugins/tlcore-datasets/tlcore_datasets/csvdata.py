@@ -281,7 +281,8 @@ def _names(where: str, label: str, multilabel: bool) -> tuple[str, ...]:
     if ";" in label or "|" in label:
         raise DataError(
             f"{where}: the label {label!r} holds ';' or '|', which separate the labels of a multi-label file: the "
-            "file looks multi-label; pass --task multilabel (a single-label class name cannot contain ';' or '|')"
+            "file looks multi-label; train with `tlcore run --task multilabel` (a single-label class name cannot "
+            "contain ';' or '|')"
         )
     return (label,)
 
@@ -298,8 +299,8 @@ def looks_multilabel(file: Path, listing: Listing, column: str) -> None:
         if len(words) > 1 and all(word in single for word in words):
             raise DataError(
                 f"{file}: line {line}, column {column!r}: the label {names[0]!r} is the classes "
-                f"{', '.join(repr(w) for w in words)} of other rows: the file looks multi-label; pass --task multilabel "
-                "(or rename the class)"
+                f"{', '.join(repr(w) for w in words)} of other rows: the file looks multi-label; train with "
+                "`tlcore run --task multilabel` (or rename the class)"
             )
 
 
@@ -381,7 +382,7 @@ def known_labels(file: Path, listing: Listing, index: dict[str, int], column: st
                 known = ", ".join(list(index)[:8]) + (" ..." if len(index) > 8 else "")
                 hint = ""
                 if len(names) == 1 and len(split_labels(name)) > 1 and all(w in index for w in split_labels(name)):
-                    hint = "; the file looks multi-label: pass --task multilabel"
+                    hint = "; the file looks multi-label: train with `tlcore run --task multilabel`"
                 raise DataError(
                     f"{file}: line {line}, column {column!r}: label {name!r} never appears in {training} "
                     f"(its labels: {known}){hint}"

@@ -114,7 +114,7 @@ def load_imagefolder(name: str, options: DatasetOptions) -> DatasetSplits:
     labels_file = root / "labels.csv" if (root / "labels.csv").is_file() else None
     classes = [p.name for p in _visible_dirs(train_dir)]
     if not classes:
-        hint = f"; {labels_file} lists multi-label images: pass --task multilabel" if labels_file else ""
+        hint = f"; {labels_file} lists multi-label images: train with `tlcore run --task multilabel`" if labels_file else ""
         raise DataError(f"no class folders in {train_dir} (expected {LAYOUT}){hint}")
     if labels_file is not None:
         notes.append(f"not used: {labels_file} (multi-label labels, read under --task multilabel); "

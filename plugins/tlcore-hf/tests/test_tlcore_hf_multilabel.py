@@ -125,7 +125,8 @@ def test_bad_multi_label_columns_are_one_line_naming_split_row_and_column(tmp_pa
 def test_a_single_label_run_refuses_a_column_of_lists(tmp_path):
     root = tmp_path / "saved"
     datasets.DatasetDict({"train": class_sets()}).save_to_disk(str(root))
-    fails(root, "split train, column 'labels'", "list of labels per row", "pass --task multilabel", multilabel=False)
+    fails(root, "split train, column 'labels'", "list of labels per row", "train with `tlcore run --task multilabel`",
+          multilabel=False)
 
 
 def test_a_multilabel_run_through_the_cli(tlcore_host, tlcore_cli, tmp_path):

@@ -216,7 +216,7 @@ def _prepared(
     if not multilabel and _inner(table.features[label_column], datasets) is not None:
         raise DataError(
             f"{root} split {split}, column {label_column!r}: {table.features[label_column]} holds a list of labels per "
-            "row: the dataset is multi-label; pass --task multilabel"
+            "row: the dataset is multi-label; train with `tlcore run --task multilabel`"
         )
     return table.cast_column(image_column, datasets.Image(decode=False))
 
