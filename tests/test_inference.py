@@ -141,5 +141,8 @@ def test_predict_files_skips_unreadable_files_by_name(run, host, tmp_path):
     results = list(predict_files(predictor, [tmp_path / "bad.png", tmp_path / "good.png"], 1, 1, warnings.append))
     assert [r.source for r in results] == [str(tmp_path / "good.png")]
     assert len(warnings) == 1 and "bad.png" in warnings[0]
-    with pytest.raises(DataError, match="the image could not be read"):
+    with pytest.raises(DataError, match="bad.png"):  # the one file's own reason, not a second warning
         list(predict_files(predictor, [tmp_path / "bad.png"], warn=warnings.append))
+    assert len(warnings) == 1
+    with pytest.raises(DataError, match=r"none of the 2 images could be read \(.*bad.png"):
+        list(predict_files(predictor, [tmp_path / "bad.png", tmp_path / "bad.png"]))

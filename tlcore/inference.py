@@ -498,7 +498,7 @@ def predict_files(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     top_k, reject_below = predictor.check_options(top_k, reject_below)
-    read = 0
+    read, first_error = 0, ""
     for start in range(0, len(files), batch_size):
         images, names = [], []
         for path in files[start : start + batch_size]:
@@ -506,16 +506,15 @@ def predict_files(
                 images.append(open_image(path))
                 names.append(str(path))
             except DataError as error:
-                if warn is not None:
+                first_error = first_error or str(error)
+                if warn is not None and len(files) > 1:  # one file: the error below names it, once
                     warn(str(error))
         if images:
             read += len(images)
             prepared = [predictor.preprocess(image, tta=tta) for image in images]
             yield from predictor.classify(prepared, names, top_k, tta=tta, reject_below=reject_below)
     if read == 0:
-        raise DataError(
-            "the image could not be read" if len(files) == 1 else f"none of the {len(files)} images could be read"
-        )
+        raise DataError(first_error if len(files) == 1 else f"none of the {len(files)} images could be read ({first_error})")
 
 
 def render_prediction(prediction: Prediction, width: int) -> str:
