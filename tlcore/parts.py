@@ -145,10 +145,8 @@ def check_multilabel_options(config: RunConfig, world: Distributed) -> None:
         if used
     ]
     if unsupported:
-        raise ConfigError(
-            f"--task multilabel does not support {', '.join(unsupported)}; for class imbalance use "
-            "--class-weights auto (BCE pos_weight per class)"
-        )
+        hint = "; for class imbalance use --class-weights auto (BCE pos_weight per class)" if config.balanced_sampler else ""
+        raise ConfigError(f"--task multilabel does not support {', '.join(unsupported)}{hint}")
 
 
 def check_cache_features(config: RunConfig, phases: list[Phase]) -> None:
