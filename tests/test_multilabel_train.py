@@ -213,3 +213,26 @@ def test_multilabel_class_names_cannot_hold_a_separator(tlcore_register, tlcore_
     tlcore_register(Plugin(), "separated")
     with pytest.raises(DataError, match="multi-label class names cannot hold whitespace"):
         tlcore_run(dataset="test:separated", task="multilabel")
+
+
+@pytest.mark.parametrize(("names", "refused"), [(["red", "green", "red,green"], True), (["red", "a/b"], False)])
+def test_labels_joined_by_another_separator_are_named(tlcore_register, tlcore_run, names, refused):
+    """A cell "red,green" read as one class beside "red" and "green" is a wrong separator, said in one line."""
+    import dataclasses
+
+    import tlcore
+    from tlcore.errors import DataError
+
+    class Plugin:
+        @tlcore.hookimpl
+        def tlcore_register_datasets(self, register):
+            data = tagged_shapes_dataset()
+            renamed = dataclasses.replace(data, classes=[*names, *data.classes][:3])
+            register("test:joined", lambda dataset, options: renamed)
+
+    tlcore_register(Plugin(), "joined")
+    if refused:
+        with pytest.raises(DataError, match=r"class 'red,green' looks like the classes 'red', 'green' joined by ','"):
+            tlcore_run(dataset="test:joined", task="multilabel")
+    else:  # "a/b" without classes "a" and "b" is a name of its own
+        assert tlcore_run(dataset="test:joined", task="multilabel").history

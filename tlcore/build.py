@@ -133,6 +133,16 @@ def check_task(config: RunConfig, data: DatasetSplits) -> None:
                 f"dataset {config.dataset!r}: multi-label class names cannot hold whitespace, ';' or '|' (they separate "
                 f"labels), got {', '.join(repr(name) for name in joined[:5])}; rename them (e.g. golden_retriever)"
             )
+        known = set(data.classes)
+        for name in data.classes:  # "red,green" beside "red" and "green": two labels written with another separator
+            for mark in (",", "/"):
+                parts = [part.strip() for part in name.split(mark)]
+                if len(parts) > 1 and all(part in known for part in parts):
+                    raise DataError(
+                        f"dataset {config.dataset!r}: class {name!r} looks like the classes "
+                        f"{', '.join(repr(part) for part in parts)} joined by {mark!r}; separate an image's labels "
+                        "with whitespace, ';' or '|'"
+                    )
         for name in ("train", "val"):
             targets = getattr(getattr(data, name), "targets", None)
             if targets is None:
