@@ -235,7 +235,7 @@ class EvalReport:
             if len(labels) == 0:
                 raise DataError("there are no images to evaluate")
             if thresholds is None:
-                thresholds = choose_thresholds(torch.sigmoid(logits), labels)
+                thresholds = choose_thresholds(class_probabilities(logits), labels)
             outputs = multilabel_outputs(logits, labels, thresholds, validation.indices)  # type: ignore[arg-type]
             chosen = torch.as_tensor(thresholds, dtype=torch.float32).tolist()
             return cls(

@@ -503,14 +503,13 @@ def _multilabel_summary(run: RunState, outputs: ValidationOutputs) -> list[str]:
     numbers are the epoch's val_map and F1. With more than MAX_CLASS_ROWS classes: the thresholds' range and the
     classes with the lowest AP (those without a positive image last).
     """
-    import torch
 
-    from tlcore.multilabel import choose_thresholds, multilabel_metrics
+    from tlcore.multilabel import choose_thresholds, class_probabilities, multilabel_metrics
 
     classes = run.classes
     thresholds = run.thresholds.get(outputs.epoch)
     if thresholds is None or len(thresholds) != len(classes):  # not recorded for that epoch: chosen the run's way
-        thresholds = choose_thresholds(torch.sigmoid(outputs.logits.float()), outputs.labels).tolist()
+        thresholds = choose_thresholds(class_probabilities(outputs.logits), outputs.labels).tolist()
     scores = multilabel_metrics(outputs.logits, outputs.labels, thresholds, classes)
     lines = [
         f"Per class (validation predictions of epoch {outputs.epoch}, {scores.images} images; a class is predicted "

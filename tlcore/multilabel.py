@@ -192,13 +192,6 @@ def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return result
 
 
-def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """mAP: the mean of :func:`average_precision` over classes with a positive image; NaN when none has one."""
-    per_class = average_precision(scores, targets)
-    present = per_class[~per_class.isnan()]
-    return float(present.mean()) if present.numel() else float("nan")
-
-
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """float32 ``[N, C]``: each class's probability, ``sigmoid(logit)`` computed in float32."""
     return torch.sigmoid(logits.float())
