@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tlcore import cli
+from tests.test_bad_options import run_cli
 from tlcore.checkpoint import read_checkpoint, save_checkpoint
 from tlcore.data import to_rgb
 from tlcore.errors import WeightsError
@@ -127,16 +127,6 @@ def test_eval_reports_tta_beside_the_plain_figure(run, host):
     record = report.to_dict()
     assert record["accuracy"] == plain.metrics.accuracy and record["tta"]["accuracy"] == report.tta_metrics.accuracy
     assert record["tta"]["views"] == view_names(False)
-
-
-def run_cli(args, capsys):
-    try:
-        cli.main([str(a) for a in args])
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_eval_and_predict_with_tta(run, host, tmp_path, capsys):
